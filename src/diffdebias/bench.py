@@ -1,0 +1,182 @@
+"""Benchmark matrices: methods x conflict ratios x seeds, run (or skipped) one by one, then collected into tables.
+
+Each cell is an ordinary run directory, so a killed matrix restarts where it stopped (finished stages are skipped)
+and ``--shard i/n`` lets several machines split the matrix by taking every n-th cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, load_config
+from .evaluation.published import PUBLISHED_NAMES, published
+from .runs import read_json, write_text
+
+METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")
+
+
+@dataclass
+class Table:
+    name: str
+    dataset: str
+    methods: dict[str, str]  # method label -> config file (relative to the table file)
+    ratios: list[float]
+    seeds: list[int]
+    out: str
+    overrides: list[str] = field(default_factory=list)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    tables_dir: str = "tables"
+    root: Path = Path(".")
+
+    def cells(self) -> list[tuple[str, float, int]]:
+        return [(m, r, s) for m in self.methods for r in self.ratios for s in self.seeds]
+
+    def run_dir(self, method: str, ratio: float, seed: int) -> Path:
+        return Path(self.out) / method / f"ratio{ratio:g}-seed{seed}"
+
+
+def load_table(path: str | Path) -> Table:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"table file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    known = {"name", "dataset", "methods", "ratios", "seeds", "out", "overrides", "method_overrides", "tables_dir"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown table key '{key}' (known: {', '.join(sorted(known))})")
+    for key in ("methods", "ratios", "seeds"):
+        if not data.get(key):
+            raise ConfigError(f"{path}: '{key}' is required")
+    name = data.get("name", path.stem)
+    return Table(name=name, dataset=data.get("dataset", "cmnist"), methods=dict(data["methods"]),
+                 ratios=[float(r) for r in data["ratios"]], seeds=[int(s) for s in data["seeds"]],
+                 out=data.get("out", f"runs/bench/{name}"), overrides=list(data.get("overrides", [])),
+                 method_overrides={k: list(v) for k, v in (data.get("method_overrides") or {}).items()},
+                 tables_dir=data.get("tables_dir", "tables"), root=path.parent)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError as e:
+        raise ConfigError(f"--shard must look like i/n (0 <= i < n), got '{text}'") from e
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard must look like i/n (0 <= i < n), got '{text}'")
+    return i, n
+
+
+def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print) -> None:
+    """Run this shard's cells in matrix order; every cell's finished stages are skipped."""
+    from .pipeline import execute
+
+    i, n = shard
+    cells = table.cells()[i::n]
+    for k, (method, ratio, seed) in enumerate(cells):
+        overrides = [*table.overrides, *table.method_overrides.get(method, []), f"data.conflict_ratio={ratio}"]
+        cfg = load_config(table.root / table.methods[method], overrides, seed=seed)
+        out = table.run_dir(method, ratio, seed)
+        log(f"[bench {table.name}] cell {k + 1}/{len(cells)}: {method} ratio={ratio:g} seed={seed} -> {out}")
+        execute(cfg, out, quiet=True)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def collect(table: Table) -> list[dict[str, Any]]:
+    """One row per (method, ratio): mean and std over the finished seeds of each metric, in %."""
+    rows = []
+    for method in table.methods:
+        for ratio in table.ratios:
+            found = [table.run_dir(method, ratio, s) / "metrics.json" for s in table.seeds]
+            found = [read_json(p) for p in found if p.exists()]
+            row: dict[str, Any] = {"method": method, "ratio": ratio, "seeds": len(found)}
+            for metric in METRICS:
+                m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
+                row[metric], row[metric + "_std"] = m, s
+            row["seconds"] = mean_std([sum(f.get("stage_seconds", {}).values()) for f in found])[0]
+            cfg_method = method.split("@")[0]
+            row["published"] = published(table.dataset, cfg_method, ratio)
+            rows.append(row)
+    return rows
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    m, s = row[metric], row[metric + "_std"]
+    return "—" if math.isnan(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Markdown, CSV and LaTeX of the unbiased-accuracy table with published numbers beside ours."""
+    by = {(r["method"], r["ratio"]): r for r in rows}
+    ratios = table.ratios
+    head = " | ".join(f"{100 * r:g} % ours | pub." for r in ratios)
+    md = [f"| method | {head} |", "|---|" + "---|---|" * len(ratios)]
+    tex = ["\\begin{tabular}{l" + "cc" * len(ratios) + "}", "method & " +
+           " & ".join(f"{100 * r:g}\\% & pub." for r in ratios) + " \\\\", "\\hline"]
+    for method in table.methods:
+        cells = []
+        for r in ratios:
+            row = by[(method, r)]
+            pub = row["published"]
+            cells += [_cell(row, "unbiased_accuracy"), "—" if pub is None else f"{pub:.2f}"]
+        label = PUBLISHED_NAMES.get(method, method)
+        md.append(f"| {label} | " + " | ".join(cells) + " |")
+        tex.append(f"{label} & " + " & ".join(c.replace("±", "$\\pm$").replace("—", "--") for c in cells) + " \\\\")
+    tex.append("\\end{tabular}")
+    md += ["", "Aligned / conflicting test accuracy (%), mean ± std; seeds per cell; mean run time (s):", "",
+           "| method | ratio | aligned | conflicting | seeds | seconds |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        md.append(f"| {PUBLISHED_NAMES.get(row['method'], row['method'])} | {100 * row['ratio']:g} % | "
+                  f"{_cell(row, 'aligned_accuracy')} | {_cell(row, 'conflicting_accuracy')} | {row['seeds']} | "
+                  f"{row['seconds']:.0f} |")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    return {"md": "\n".join(md) + "\n", "csv": buf.getvalue(), "tex": "\n".join(tex) + "\n"}
+
+
+def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluation.report import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in table.methods:
+        pts = [(100 * r["ratio"], r["unbiased_accuracy"], r["unbiased_accuracy_std"]) for r in rows
+               if r["method"] == method and not math.isnan(r["unbiased_accuracy"])]
+        if pts:
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=PUBLISHED_NAMES.get(method, method))
+    ax.set_xscale("log")
+    ax.set_xticks([100 * r for r in table.ratios], [f"{100 * r:g}" for r in table.ratios])
+    ax.set_xlabel("bias-conflicting samples in training (%)")
+    ax.set_ylabel("unbiased test accuracy (%)")
+    ax.set_title(table.name)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def write_tables(table: Table) -> Path:
+    rows = collect(table)
+    out = Path(table.tables_dir)
+    for ext, text in render(table, rows).items():
+        write_text(out / f"{table.name}.{ext}", text)
+    plot(table, rows, out / f"{table.name}.png")
+    return out / f"{table.name}.md"

@@ -1,0 +1,224 @@
+"""The one classifier training loop. Methods change its weighting object, never copy it.
+
+Data are in-memory uint8 tensors indexed per batch (no DataLoader, no per-sample Python work). Each epoch draws its
+order and augmentation from a generator seeded by (run seed, stage, epoch), so a resumed run continues exactly where
+an uninterrupted one would be. A checkpoint is written after every evaluation, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.base import ImageSet
+from ..devices import accelerator, autocast
+from ..evaluation.metrics import accuracy_metrics
+from ..runs import Stage, derive_seed, load_state, load_tensors, read_json, save_state, save_tensors, write_json
+from .losses import per_sample_loss
+from .models import build_classifier
+from .weighting import Batch, Weighting
+
+CHECKPOINT = "checkpoint.safetensors"
+WEIGHTS = "model.safetensors"
+HISTORY = "history.json"
+
+
+def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, batched on tensors."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
+    cols = torch.where(flip[:, None].to(x.device), cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2048, precision: str = "fp32"):
+    """Logits of every image, in order, on the CPU."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        with autocast(device, precision):
+            out.append(model(to_float(images[start : start + batch_size], device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(model: nn.Module, data: ImageSet, num_classes: int, num_bias: int = 0, precision: str = "fp32"):
+    preds = predict_logits(model, data.images, precision=precision).argmax(1)
+    return accuracy_metrics(preds, data.labels, data.bias, num_classes, num_bias or None)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}' (known: adam, sgd)")
+
+
+def load_classifier(stage: Stage, cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
+    """The selected weights a finished training stage saved."""
+    model = build_classifier(cfg.arch, num_classes, image_shape)
+    state, _ = load_tensors(stage.path(WEIGHTS))
+    model.load_state_dict(state)
+    return model.to(accelerator().device).eval()
+
+
+def train_classifier(
+    stage: Stage,
+    train: ImageSet,
+    cfg: TrainConfig,
+    num_classes: int,
+    valid: ImageSet | None = None,
+    num_bias: int = 0,
+    weighting: Weighting | None = None,
+    on_epoch: Callable[[int, nn.Module], dict[str, Any]] | None = None,
+) -> nn.Module:
+    """Train, evaluate on ``valid`` every ``cfg.eval_every`` epochs, checkpoint, and save the selected weights.
+
+    Selection: ``cfg.select = valid`` keeps the epoch with the best ``valid[cfg.select_metric]``; ``last`` keeps the
+    last epoch. The test split never reaches this function.
+    """
+    if cfg.select not in ("valid", "last"):
+        raise ValueError(f"classifier.select must be 'valid' or 'last', got '{cfg.select}'")
+    if cfg.select == "valid" and (valid is None or len(valid) == 0):
+        raise ValueError("classifier.select=valid needs a non-empty valid split; use select=last")
+    weighting = weighting or Weighting()
+    device = accelerator().device
+    with torch.random.fork_rng(devices=[]):  # initial weights from the stage's seed, global RNG untouched
+        torch.manual_seed(derive_seed(stage.seed, stage.name, "init"))
+        model = build_classifier(cfg.arch, num_classes, tuple(train.images.shape[1:]), cfg.pretrained).to(device)
+    optimizer = make_optimizer(model, cfg)
+    criterion = per_sample_loss(cfg.loss, cfg.gce_q)
+    history: list[dict[str, Any]] = []
+    best = {"score": -math.inf, "epoch": -1}
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch = 0
+
+    ckpt = stage.path(CHECKPOINT)
+    if ckpt.exists():
+        state = load_state(ckpt)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        weighting.load_state_dict(state.get("weighting", {}))
+        best = {"score": state["best_score"], "epoch": state["best_epoch"]}
+        best_state = state.get("best_model")
+        start_epoch = state["epoch"] + 1
+        history = read_json(stage.path(HISTORY)) if stage.path(HISTORY).exists() else []
+        history = [h for h in history if h["epoch"] < start_epoch]
+        stage.log(f"{stage.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs}")
+
+    writer = _tensorboard(stage)
+    labels_all = train.labels
+    n = len(train)
+    step = start_epoch * math.ceil(n / cfg.batch_size)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=stage.name, initial=start_epoch, total=cfg.epochs, leave=False)
+    for epoch in bar:
+        t0 = time.time()
+        g = stage.generator("epoch", epoch)
+        order = weighting.order(n, epoch, g)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start : start + cfg.batch_size]
+            x = to_float(train.images[index], device)
+            if cfg.augment:
+                x = augment(x, g)
+            y = labels_all[index].to(device)
+            with autocast(device, cfg.precision):
+                logits = model(x)
+            losses = criterion(logits, y)
+            loss = weighting.loss(losses, Batch(index, x, y, logits, epoch, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += float(losses.detach().sum())
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(index)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "seconds": time.time() - t0,
+        }
+        last = epoch == cfg.epochs - 1
+        if (epoch + 1) % cfg.eval_every == 0 or last:
+            if valid is not None and len(valid):
+                vm = evaluate(model, valid, num_classes, num_bias, cfg.precision)
+                record["valid"] = {k: v for k, v in vm.items() if not isinstance(v, list)}
+                if cfg.select == "valid":
+                    if cfg.select_metric not in vm:
+                        raise ValueError(f"classifier.select_metric '{cfg.select_metric}' is not a valid metric "
+                                         f"(available: {', '.join(k for k in vm if not isinstance(vm[k], list))})")
+                    if vm[cfg.select_metric] > best["score"]:
+                        best = {"score": vm[cfg.select_metric], "epoch": epoch}
+                        best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            if on_epoch is not None:
+                record.update(on_epoch(epoch, model))
+            history.append(record)
+            _log_scalars(writer, record, epoch)
+            write_json(stage.path(HISTORY), history)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "weighting": weighting.state_dict(), "epoch": epoch,
+                     "best_score": best["score"], "best_epoch": best["epoch"]}
+            if best_state is not None:
+                state["best_model"] = best_state
+            save_state(ckpt, state)
+        else:
+            history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
+    if writer is not None:
+        writer.close()
+
+    if cfg.select == "valid" and best_state is not None:
+        model.load_state_dict(best_state)
+    selected = best["epoch"] if cfg.select == "valid" else cfg.epochs - 1
+    save_tensors(stage.path(WEIGHTS), model.state_dict(),
+                 {"arch": cfg.arch, "num_classes": num_classes, "selected_epoch": selected, "select": cfg.select})
+    write_json(stage.path(HISTORY), history)
+    write_json(stage.path("selection.json"), {"select": cfg.select, "metric": cfg.select_metric,
+                                              "epoch": selected, "score": best["score"] if cfg.select == "valid"
+                                              else None})
+    ckpt.unlink(missing_ok=True)  # the selected weights are saved; the resume state is no longer needed
+    return model.eval()
+
+
+def _tensorboard(stage: Stage):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional at run time
+        return None
+    return SummaryWriter(str(stage.path("tb")))
+
+
+def _log_scalars(writer, record: dict[str, Any], epoch: int) -> None:
+    if writer is None:
+        return
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(v, (int, float)) and k != "size":
+                    writer.add_scalar(f"{key}/{k}", v, epoch)
+        elif isinstance(value, (int, float)) and key != "epoch":
+            writer.add_scalar(f"train/{key}", value, epoch)

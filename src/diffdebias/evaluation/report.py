@@ -1,0 +1,131 @@
+"""The run report: a Markdown page with the accuracy table, published numbers beside ours, and figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..runs import atomic_path, read_json, write_text
+from .published import PUBLISHED_NAMES, published
+
+METRIC_COLUMNS = [
+    ("accuracy", "accuracy"),
+    ("unbiased_accuracy", "unbiased"),
+    ("aligned_accuracy", "aligned"),
+    ("conflicting_accuracy", "conflicting"),
+    ("worst_group_accuracy", "worst group"),
+]
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def pct(x: Any) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    lines = ["| split | " + " | ".join(name for _, name in METRIC_COLUMNS) + " |",
+             "|---|" + "---|" * len(METRIC_COLUMNS)]
+    for split in ("valid", "test"):
+        if split in metrics:
+            lines.append(f"| {split} | " + " | ".join(pct(metrics[split].get(k)) for k, _ in METRIC_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def curves_figure(history: list[dict[str, Any]], path: Path, title: str) -> bool:
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    a.set_xlabel("epoch")
+    a.set_yscale("log")
+    a.legend()
+    b.plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
+    ev = [h for h in history if "valid" in h]
+    for key, name in (("accuracy", "valid accuracy"), ("unbiased_accuracy", "valid unbiased")):
+        if ev and key in ev[0]["valid"]:
+            b.plot([h["epoch"] + 1 for h in ev], [h["valid"][key] for h in ev], label=name)
+    b.set_xlabel("epoch")
+    b.set_ylim(0, 1.01)
+    b.legend()
+    fig.suptitle(title)
+    save_figure(fig, path)
+    return True
+
+
+def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
+    test = metrics.get("test", {})
+    if "group_accuracy" not in test:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    acc = np.array(test["group_accuracy"])
+    count = np.array(test["group_count"])
+    acc = np.where(count > 0, acc, np.nan)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * acc.shape[1], 0.8 + 0.45 * acc.shape[0]))
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xlabel("bias value")
+    ax.set_ylabel("label")
+    ax.set_title("test accuracy per (label, bias) cell")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, path)
+    return True
+
+
+def write_report(run_dir: str | Path, sections: list[str] = ()) -> Path:
+    """Write ``report.md`` and ``figures/`` from the files a run left; cheap, so it is rewritten on every call."""
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "metrics.json")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    figures = run_dir / "figures"
+    method = metrics["method"]
+    out = [f"# {cfg['name']}: {method} on {metrics['dataset']}", ""]
+    facts = [f"seed {metrics['seed']}"]
+    if metrics.get("conflict_ratio") is not None:
+        facts.append(f"conflict ratio {100 * metrics['conflict_ratio']:g} %")
+    sel = metrics.get("selection", {})
+    rule = (f"best valid {sel.get('metric')} (epoch {sel.get('epoch', 0) + 1})" if sel.get("select") == "valid"
+            else f"last epoch ({sel.get('epoch', 0) + 1})")
+    facts.append(f"model selection: {rule}; the test split is never used for selection")
+    out += ["- " + "\n- ".join(facts), "", "## Accuracy (%)", "", metrics_table(metrics), ""]
+
+    ref = published(metrics["dataset"], method, metrics.get("conflict_ratio") or -1)
+    if ref is not None:
+        ours = metrics["test"].get("unbiased_accuracy")
+        out += [f"Published {PUBLISHED_NAMES.get(method, method)} unbiased test accuracy at this ratio: **{ref:.2f}** "
+                f"(DiffInject Table 1); ours: **{pct(ours)}**.", ""]
+    out += list(sections)
+    final = metrics.get("final_stage")
+    history_file = run_dir / str(final) / "history.json"
+    if final and history_file.exists() and curves_figure(read_json(history_file), figures / "curves.png",
+                                                          f"{final} training"):
+        out += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
+    if groups_figure(metrics, figures / "groups.png"):
+        out += ["## Accuracy per (label, bias) cell", "", "![group accuracy](figures/groups.png)", ""]
+    seconds = metrics.get("stage_seconds", {})
+    if seconds:
+        out += ["## Stage times (s, last computed)", "", "| stage | seconds |", "|---|---|"]
+        out += [f"| {k} | {v:.1f} |" for k, v in seconds.items()] + [""]
+    out += ["Files: `config.yaml` (resolved config), `metrics.json`, one folder per stage.", ""]
+    path = run_dir / "report.md"
+    write_text(path, "\n".join(out))
+    return path

@@ -1,0 +1,18 @@
+"""Methods: each a composition of cached stages that ends in one trained classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .common import Context, Trained
+from .erm import run_erm
+
+METHODS: dict[str, Callable[[Context], Trained]] = {
+    "erm": run_erm,
+}
+
+
+def get_method(name: str) -> Callable[[Context], Trained]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]

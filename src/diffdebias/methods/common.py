@@ -1,0 +1,72 @@
+"""What every method composes: the run context and the cached classifier-training stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from torch import nn
+
+from ..classifiers.train import load_classifier, train_classifier
+from ..classifiers.weighting import Weighting
+from ..config import Config, TrainConfig, to_dict
+from ..data import Splits, dataset_key, load_dataset
+from ..data.base import ImageSet
+from ..runs import Run, Stage
+
+
+@dataclass
+class Context:
+    """A run in progress: its config, directory, and the dataset, loaded only when a stage needs it."""
+
+    cfg: Config
+    run: Run
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def data(self) -> Splits:
+        return load_dataset(self.cfg.data, log=self.run.log)
+
+    @cached_property
+    def data_key(self) -> str:
+        return dataset_key(self.cfg.data)
+
+
+@dataclass
+class Trained:
+    """A finished classifier stage; the model is loaded on first use."""
+
+    stage: Stage
+    cfg: TrainConfig
+    ctx: Context
+
+    @property
+    def key(self) -> str:
+        return self.stage.key
+
+    @cached_property
+    def model(self) -> nn.Module:
+        d = self.ctx.data
+        return load_classifier(self.stage, self.cfg, d.num_classes, tuple(d.train.images.shape[1:]))
+
+
+def train_stage(
+    ctx: Context,
+    name: str,
+    cfg: TrainConfig,
+    weighting: Weighting | None = None,
+    train: ImageSet | None = None,
+    inputs: tuple[str, ...] = (),
+    extra_config: Any = None,
+) -> Trained:
+    """Train a classifier as a cached stage. ``train`` defaults to the real training split; ``inputs`` are the keys
+    of the stages the weighting or the training set came from, so a change upstream retrains this stage."""
+
+    def compute(stage: Stage) -> None:
+        d = ctx.data
+        train_classifier(stage, train if train is not None else d.train, cfg, d.num_classes, d.valid, d.num_bias,
+                         weighting=weighting)
+
+    stage = ctx.run.cached(name, {"train": to_dict(cfg), "extra": extra_config}, compute, (ctx.data_key, *inputs))
+    return Trained(stage, cfg, ctx)

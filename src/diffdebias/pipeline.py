@@ -1,0 +1,62 @@
+"""Run one experiment from a resolved config: data summary, the method's stages, evaluation, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import Config, dump_yaml, to_dict
+from .data import describe, split_table
+from .evaluation.report import write_report
+from .methods import Context, get_method
+from .runs import Run, Stage, read_json, write_json, write_text
+
+SPLITS = ("valid", "test")
+
+
+def default_out(cfg: Config) -> Path:
+    return Path("runs") / f"{cfg.name}-s{cfg.seed}"
+
+
+def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False) -> Path:
+    """Run (or resume, or skip) every stage of ``cfg`` in ``out``; return the run directory."""
+    t0 = time.time()
+    run = Run(out or default_out(cfg), cfg.seed, quiet=quiet)
+    write_text(run.root / "config.yaml", dump_yaml(cfg))
+    method = get_method(cfg.method)
+    ctx = Context(cfg, run)
+
+    def summarise(stage: Stage) -> None:
+        write_json(stage.path("summary.json"), describe(ctx.data))
+        if cfg.data.name == "csv":
+            write_text(stage.path("split.csv"), split_table(ctx.data))
+
+    run.cached("data", to_dict(cfg.data), summarise, (ctx.data_key,))
+    final = method(ctx)
+
+    def evaluate(stage: Stage) -> None:
+        from .classifiers.train import evaluate as eval_split
+
+        d = ctx.data
+        metrics = {s: eval_split(final.model, d.split(s), d.num_classes, d.num_bias) for s in SPLITS}
+        write_json(stage.path("metrics.json"), metrics)
+
+    ev = run.cached("evaluation", {"splits": SPLITS}, evaluate, (final.key,))
+    metrics = read_json(ev.path("metrics.json"))
+    summary = {
+        "method": cfg.method,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "dataset": cfg.data.name,
+        "conflict_ratio": cfg.data.conflict_ratio if cfg.data.name == "cmnist" else None,
+        "final_stage": final.stage.name,
+        "selection": read_json(final.stage.path("selection.json")),
+        **metrics,
+        **{k: v for k, v in ctx.extras.get("metrics", {}).items()},
+        "stage_seconds": read_json(run.root / "timings.json") if (run.root / "timings.json").exists() else {},
+        "wall_seconds_this_call": round(time.time() - t0, 3),
+    }
+    write_json(run.root / "metrics.json", summary)
+    report = write_report(run.root, ctx.extras.get("report_sections", []))
+    run.log(f"report: {report}")
+    return run.root

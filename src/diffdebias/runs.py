@@ -1,0 +1,235 @@
+"""Run directories, cached stages, atomic files and seeding.
+
+A run directory holds one experiment: ``config.yaml`` and one folder per stage. A stage is finished when its ``DONE``
+file holds the hash of its config and inputs; a stage whose hash changed starts afresh, one without ``DONE`` resumes
+from whatever checkpoint it left. Every file goes through a temporary name and a rename, so a killed process leaves
+the last good state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+# ----------------------------------------------------------------------------------------------------------- files
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None):
+    """Save tensors as safetensors (never pickle); ``meta`` is stored as JSON in the header."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta or {})})
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    return load_file(str(path)), meta
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- nested state dicts
+
+
+def flatten_state(state: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a nested state dict (model, optimizer, ...) into flat tensors and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value
+        elif isinstance(value, Mapping):
+            t, r = flatten_state(value, name + "/")
+            tensors.update(t)
+            rest.update(r)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            for i, v in enumerate(value):
+                t, r = flatten_state(v, f"{name}/#{i}/")
+                tensors.update(t)
+                rest.update(r)
+            rest[f"{name}/#len"] = len(value)
+        else:
+            rest[name] = value
+    return tensors, rest
+
+
+def unflatten_state(tensors: Mapping[str, torch.Tensor], rest: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_state`. Integer-looking keys of optimizer state become ints again."""
+    root: dict[str, Any] = {}
+    for name, value in list(tensors.items()) + list(rest.items()):
+        parts = name.split("/")
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    def fix(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if "#len" in node:
+            return [fix(node[f"#{i}"]) for i in range(node["#len"])]
+        out = {}
+        for k, v in node.items():
+            out[int(k) if k.lstrip("-").isdigit() else k] = fix(v)
+        return out
+
+    return fix(root)
+
+
+def save_state(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Save a nested training state (model, optimizer, counters) atomically as one safetensors file."""
+    tensors, rest = flatten_state(state)
+    save_tensors(path, tensors, rest)
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    tensors, rest = load_tensors(path)
+    return unflatten_state(tensors, rest)
+
+
+# ------------------------------------------------------------------------------------------------------- seeding
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any JSON-able parts (run seed, stage name, epoch...)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: Any) -> torch.Generator:
+    """A CPU generator seeded from ``parts``: one per stage (and per epoch), never a global reseed."""
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*parts))
+    return g
+
+
+def config_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Stage:
+    """One cached step of a run. ``key`` hashes the stage's config and its inputs' keys."""
+
+    name: str
+    dir: Path
+    key: str
+    seed: int
+    log: Callable[[str], None] = print
+    started: float = field(default_factory=time.time)
+
+    @property
+    def done(self) -> bool:
+        marker = self.dir / "DONE"
+        return marker.exists() and marker.read_text().strip() == self.key
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def generator(self, *parts: Any) -> torch.Generator:
+        return generator(self.seed, self.name, *parts)
+
+    def prepare(self) -> None:
+        """Make the folder; wipe it if it was made for another config, so stale checkpoints never resume."""
+        key_file = self.dir / "KEY"
+        if self.dir.exists() and (not key_file.exists() or key_file.read_text().strip() != self.key):
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not key_file.exists():
+            write_text(key_file, self.key + "\n")
+
+    def finish(self) -> None:
+        write_text(self.dir / "DONE", self.key + "\n")
+
+
+class Run:
+    """A run directory: resolved config, stages, and the log of what was skipped or computed."""
+
+    def __init__(self, root: str | os.PathLike, seed: int, quiet: bool = False):
+        self.root = Path(root)
+        self.seed = seed
+        self.quiet = quiet
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.events: list[dict[str, Any]] = []
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[diffdebias] {msg}", flush=True)
+
+    def stage(self, name: str, config: Any, inputs: Iterable[str] = ()) -> Stage:
+        key = config_hash(name, config, sorted(inputs), self.seed)
+        return Stage(name=name, dir=self.root / name, key=key, seed=self.seed, log=self.log)
+
+    def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = ()) -> Stage:
+        """Run ``compute(stage)`` unless the stage is already done for this config and these inputs."""
+        st = self.stage(name, config, inputs)
+        if st.done:
+            self.log(f"stage {name}: done, skipped")
+            self.events.append({"stage": name, "skipped": True})
+            return st
+        st.prepare()
+        self.log(f"stage {name}: running")
+        t0 = time.time()
+        compute(st)
+        st.finish()
+        seconds = time.time() - t0
+        self.events.append({"stage": name, "skipped": False, "seconds": seconds})
+        timings = self.root / "timings.json"
+        record = read_json(timings) if timings.exists() else {}
+        record[name] = round(seconds, 3)
+        write_json(timings, record)
+        self.log(f"stage {name}: finished in {seconds:.1f} s")
+        return st

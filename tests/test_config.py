@@ -1,0 +1,35 @@
+import pytest
+
+from diffdebias.config import ConfigError, dump_yaml, load_config
+
+
+def test_defaults_file_overrides_and_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: a\nclassifier:\n  epochs: 7\n  lr: 0.01\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nclassifier:\n  epochs: 9\n")
+    cfg = load_config(tmp_path / "child.yaml", ["classifier.batch_size=32", "data.conflict_ratio=0.05"], seed=4)
+    assert cfg.name == "a" and cfg.classifier.epochs == 9 and cfg.classifier.lr == 0.01
+    assert cfg.classifier.batch_size == 32 and cfg.data.conflict_ratio == 0.05 and cfg.seed == 4
+    assert "epochs: 9" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("classifier.epoch=3", "unknown config key 'classifier.epoch'"),
+        ("dataa.name=x", "unknown config key 'dataa'"),
+        ("classifier.epochs=many", "classifier.epochs: expected an integer"),
+        ("classifier.augment=3", "classifier.augment: expected true/false"),
+        ("classifier=3", "classifier: expected a section"),
+        ("novalue", "must look like key=value"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  conflict_ratoi: 0.01\n")
+    with pytest.raises(ConfigError, match="data.conflict_ratoi"):
+        load_config(tmp_path / "c.yaml")

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+
+from diffdebias.runs import Run, atomic_path, generator, load_state, save_state, write_json
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "a.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_state_round_trip_with_adam():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "best": -1.5}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        save_state(f"{d}/s.safetensors", state)
+        back = load_state(f"{d}/s.safetensors")
+    assert back["epoch"] == 3 and back["best"] == -1.5
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(back["optimizer"])
+    assert opt2.param_groups[0]["lr"] == 0.01
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(back["model"]["weight"], model.weight.detach())
+
+
+def test_stage_cache_skips_and_invalidates(tmp_path):
+    calls = []
+
+    def compute(stage):
+        calls.append(stage.name)
+        (stage.path("out.txt")).write_text("x")
+
+    run = Run(tmp_path, seed=1, quiet=True)
+    run.cached("a", {"k": 1}, compute)
+    run.cached("a", {"k": 1}, compute)
+    assert calls == ["a"]
+    run.cached("a", {"k": 2}, compute)  # config changed: recomputed
+    assert calls == ["a", "a"]
+    run.cached("a", {"k": 2}, compute, inputs=("upstream-changed",))
+    assert calls == ["a", "a", "a"]
+    assert Run(tmp_path, seed=2, quiet=True).stage("a", {"k": 2}).key != run.stage("a", {"k": 2}).key
+
+
+def test_interrupted_stage_keeps_its_files_and_resumes(tmp_path):
+    run = Run(tmp_path, seed=0, quiet=True)
+
+    def crash(stage):
+        stage.path("checkpoint").write_text("epoch 3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.cached("train", {"k": 1}, crash)
+    seen = []
+
+    def resume(stage):
+        seen.append(stage.path("checkpoint").read_text())
+
+    run.cached("train", {"k": 1}, resume)
+    assert seen == ["epoch 3"]
+    assert run.stage("train", {"k": 1}).done
+
+
+def test_generators_are_seeded_by_parts():
+    a = torch.randn(3, generator=generator(1, "stage", 0))
+    b = torch.randn(3, generator=generator(1, "stage", 0))
+    c = torch.randn(3, generator=generator(1, "stage", 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
