@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+from .diffusion.config import DiffusionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
+
+
 @dataclass
 class DataConfig:
     name: str = "cmnist"  # cmnist | csv
@@ -57,13 +60,57 @@ class TrainConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """How a biased model's per-sample loss becomes a predicted bias-conflicting set (the papers leave it open)."""
+
+    rule: str = "mixture"  # error_set | quantile | threshold | mixture | otsu | oracle (supervised ceiling) (open)
+    quantile: float = 0.99  # quantile rule: flag losses above this quantile (open)
+    threshold: float = 1.0  # threshold rule: flag losses above this value, in nats (open)
+    per_class: bool = False  # quantile / mixture / otsu: split each class's losses separately (open)
+
+
+@dataclass
+class GroupDROConfig:
+    eta: float = 0.01  # step size of the exponentiated group weights (Group-DRO code default)
+    adjustment: float = 0.0  # generalisation adjustment C in L_g + C / sqrt(n_g) (Group-DRO default 0)
+    balanced: bool = True  # group-balanced sampling with replacement (--reweight_groups in the Group-DRO scripts)
+
+
+@dataclass
+class LfFConfig:
+    alpha: float = 0.7  # per-sample loss EMA (LfF code)
+    ema: bool = True  # keep the per-sample EMA (DDB Recipe II: open, on by default)
+    normalize: bool = True  # class-wise max normalisation (DDB Recipe II: open, on by default)
+    q: float = 0.7  # GCE q of the jointly trained biased model (LfF baseline)
+
+
+@dataclass
+class DDBConfig:
+    recipe: str = "groupdro"  # groupdro (Recipe I: Group-DRO on pseudo-groups) | lff (Recipe II: LfF-style weights)
+    references: bool = True  # also train real-data amplifiers (ERM for reference_epochs, GCE) and report detection
+    reference_epochs: int = 2  # T of the early-stopped ERM reference amplifier (JTT-style)
+    compare_erm: bool = True  # also train plain ERM with the classifier settings, for the report's comparison
+
+
+def _amplifier_default() -> TrainConfig:
+    return TrainConfig(loss="gce", epochs=20, select="last")
+
+
+@dataclass
 class Config:
     name: str = "run"
-    method: str = "erm"  # erm
+    method: str = "erm"  # erm | ddb | lff | jtt | gdro | disent | lff_be
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     data: DataConfig = field(default_factory=DataConfig)
-    classifier: TrainConfig = field(default_factory=TrainConfig)
+    classifier: TrainConfig = field(default_factory=TrainConfig)  # the target (debiased) classifier
+    amplifier: TrainConfig = field(default_factory=_amplifier_default)  # a biased model: DDB's bias amplifier
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    groupdro: GroupDROConfig = field(default_factory=GroupDROConfig)
+    lff: LfFConfig = field(default_factory=LfFConfig)
+    ddb: DDBConfig = field(default_factory=DDBConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -188,7 +235,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **top
     for k, v in top.items():
         if v is not None:
             data[k] = v
-    return _from_dict(Config, data)
+    return validate(_from_dict(Config, data))
+
+
+def validate(cfg: Config) -> Config:
+    """Checks across fields; each section with a ``validate()`` checks itself. Errors name the key."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if hasattr(section, "validate"):
+            section.validate()
+    if cfg.method == "ddb" and not cfg.diffusion.conditional:
+        raise ConfigError("ddb needs a class-conditional diffusion model: set diffusion.conditional=true")
+    if not cfg.diffusion.conditional and cfg.sampling.guidance_scale != 1:
+        raise ConfigError("sampling.guidance_scale != 1 needs a null class, which only a conditional model has "
+                          "(diffusion.conditional=true)")
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

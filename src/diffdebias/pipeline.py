@@ -9,6 +9,7 @@ from .config import Config, dump_yaml, to_dict
 from .data import describe, split_table
 from .evaluation.report import write_report
 from .methods import Context, get_method
+from .methods.common import evaluate_stage
 from .runs import Run, Stage, read_json, write_json, write_text
 
 SPLITS = ("valid", "test")
@@ -34,15 +35,7 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False) -> 
     run.cached("data", to_dict(cfg.data), summarise, (ctx.data_key,))
     final = method(ctx)
 
-    def evaluate(stage: Stage) -> None:
-        from .classifiers.train import evaluate as eval_split
-
-        d = ctx.data
-        metrics = {s: eval_split(final.model, d.split(s), d.num_classes, d.num_bias) for s in SPLITS}
-        write_json(stage.path("metrics.json"), metrics)
-
-    ev = run.cached("evaluation", {"splits": SPLITS}, evaluate, (final.key,))
-    metrics = read_json(ev.path("metrics.json"))
+    metrics = evaluate_stage(ctx, "evaluation", final, SPLITS)
     summary = {
         "method": cfg.method,
         "name": cfg.name,

@@ -182,6 +182,13 @@ class Stage:
     def generator(self, *parts: Any) -> torch.Generator:
         return generator(self.seed, self.name, *parts)
 
+    @contextmanager
+    def seeded(self, *parts: Any):
+        """Seed the global RNG from the stage for the block (model initialisation), then restore it."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, self.name, *parts))
+            yield
+
     def prepare(self) -> None:
         """Make the folder; wipe it if it was made for another config, so stale checkpoints never resume."""
         key_file = self.dir / "KEY"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..config import TrainConfig
 from ..data.base import ImageSet
 from ..devices import accelerator, autocast
 from ..evaluation.metrics import accuracy_metrics
-from ..runs import Stage, derive_seed, load_state, load_tensors, read_json, save_state, save_tensors, write_json
+from ..runs import Stage, load_state, load_tensors, read_json, save_state, save_tensors, write_json
 from .losses import per_sample_loss
 from .models import build_classifier
 from .weighting import Batch, Weighting
@@ -76,10 +77,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer '{cfg.optimizer}' (known: adam, sgd)")
 
 
-def load_classifier(stage: Stage, cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
-    """The selected weights a finished training stage saved."""
-    model = build_classifier(cfg.arch, num_classes, image_shape)
-    state, _ = load_tensors(stage.path(WEIGHTS))
+ModelFactory = Callable[[TrainConfig, int, tuple[int, int, int]], nn.Module]
+
+
+def default_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
+    return build_classifier(cfg.arch, num_classes, image_shape, cfg.pretrained)
+
+
+def load_classifier(stage: Stage, cfg: TrainConfig, build_model: ModelFactory = default_factory) -> nn.Module:
+    """The selected weights a finished training stage saved (their shapes are in the file's metadata)."""
+    state, meta = load_tensors(stage.path(WEIGHTS))
+    model = build_model(replace(cfg, pretrained=False), meta["num_classes"], tuple(meta["image_shape"]))
     model.load_state_dict(state)
     return model.to(accelerator().device).eval()
 
@@ -93,6 +101,7 @@ def train_classifier(
     num_bias: int = 0,
     weighting: Weighting | None = None,
     on_epoch: Callable[[int, nn.Module], dict[str, Any]] | None = None,
+    build_model: ModelFactory = default_factory,
 ) -> nn.Module:
     """Train, evaluate on ``valid`` every ``cfg.eval_every`` epochs, checkpoint, and save the selected weights.
 
@@ -105,9 +114,9 @@ def train_classifier(
         raise ValueError("classifier.select=valid needs a non-empty valid split; use select=last")
     weighting = weighting or Weighting()
     device = accelerator().device
-    with torch.random.fork_rng(devices=[]):  # initial weights from the stage's seed, global RNG untouched
-        torch.manual_seed(derive_seed(stage.seed, stage.name, "init"))
-        model = build_classifier(cfg.arch, num_classes, tuple(train.images.shape[1:]), cfg.pretrained).to(device)
+    with stage.seeded("init"):  # initial weights from the stage's seed, global RNG untouched
+        model = build_model(cfg, num_classes, tuple(train.images.shape[1:])).to(device)
+        weighting.bind(model, stage.generator("bind"))
     optimizer = make_optimizer(model, cfg)
     criterion = per_sample_loss(cfg.loss, cfg.gce_q)
     history: list[dict[str, Any]] = []
@@ -151,6 +160,9 @@ def train_classifier(
             loss = weighting.loss(losses, Batch(index, x, y, logits, epoch, step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = cfg.lr * weighting.lr_factor(step)  # a method's schedule (DisEnt's StepLR); 1 by default
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             step += 1
             loss_sum += float(losses.detach().sum())
@@ -195,7 +207,8 @@ def train_classifier(
         model.load_state_dict(best_state)
     selected = best["epoch"] if cfg.select == "valid" else cfg.epochs - 1
     save_tensors(stage.path(WEIGHTS), model.state_dict(),
-                 {"arch": cfg.arch, "num_classes": num_classes, "selected_epoch": selected, "select": cfg.select})
+                 {"arch": cfg.arch, "num_classes": num_classes, "image_shape": list(train.images.shape[1:]),
+                  "selected_epoch": selected, "select": cfg.select})
     write_json(stage.path(HISTORY), history)
     write_json(stage.path("selection.json"), {"select": cfg.select, "metric": cfg.select_metric,
                                               "epoch": selected, "score": best["score"] if cfg.select == "valid"

@@ -18,14 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
-
 PRESETS = ("tiny", "cpu", "paper")
 PRECISIONS = ("fp32", "bf16", "auto")
-
-
-class DiffusionConfigError(ConfigError):
-    """A diffusion or sampling setting that cannot work; the message names the field."""
 
 
 @dataclass
@@ -136,3 +130,12 @@ def _positive(name: str, value: int) -> None:
 def _at_least(name: str, value: float, low: float) -> None:
     if value < low:
         raise DiffusionConfigError(f"{name} must be >= {low}, got {value!r}")
+
+
+# Imported last: ``diffdebias.config`` imports the two dataclasses above from this module, so whichever of the two
+# modules is imported first, both classes exist by the time the other needs them.
+from ..config import ConfigError  # noqa: E402
+
+
+class DiffusionConfigError(ConfigError):
+    """A diffusion or sampling setting that cannot work; the message names the field (a ``ValueError``)."""

@@ -85,7 +85,9 @@ def preset_levels(preset: str, image_size: int) -> int:
     return levels
 
 
-def build_unet(preset: str, image_size: int, in_channels: int, num_classes: int | None) -> UNet2DModel:
+def build_unet(
+    preset: str, image_size: int, in_channels: int, num_classes: int | None, seed: int | None = None
+) -> UNet2DModel:
     """A fresh ``UNet2DModel`` for ``image_size`` px images with ``in_channels`` channels.
 
     Args:
@@ -93,6 +95,8 @@ def build_unet(preset: str, image_size: int, in_channels: int, num_classes: int 
         image_size: side of the square images.
         in_channels: 1 (grey) or 3 (RGB); the output has as many (the predicted noise).
         num_classes: number of classes for a class-conditional model with a null class, None for unconditional.
+        seed: seed of the weight initialisation (drawn inside ``torch.random.fork_rng``, so the global generator is
+            left as it was); None uses the global generator.
     """
     levels = preset_levels(preset, image_size)
     if in_channels < 1:
@@ -104,6 +108,10 @@ def build_unet(preset: str, image_size: int, in_channels: int, num_classes: int 
     attention = p.attention[:levels]
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_unet(preset, image_size, in_channels, num_classes)
     return UNet2DModel(
         sample_size=image_size,
         in_channels=in_channels,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .common import Context, Trained
+from .ddb import run_ddb
 from .erm import run_erm
 
 METHODS: dict[str, Callable[[Context], Trained]] = {
     "erm": run_erm,
+    "ddb": run_ddb,
 }
 
 

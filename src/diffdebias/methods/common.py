@@ -8,12 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from ..classifiers.train import load_classifier, train_classifier
+from ..classifiers.train import ModelFactory, default_factory, load_classifier, train_classifier
 from ..classifiers.weighting import Weighting
 from ..config import Config, TrainConfig, to_dict
 from ..data import Splits, dataset_key, load_dataset
 from ..data.base import ImageSet
-from ..runs import Run, Stage
+from ..runs import Run, Stage, read_json, write_json
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Trained:
     stage: Stage
     cfg: TrainConfig
     ctx: Context
+    build_model: ModelFactory = default_factory
 
     @property
     def key(self) -> str:
@@ -47,8 +48,7 @@ class Trained:
 
     @cached_property
     def model(self) -> nn.Module:
-        d = self.ctx.data
-        return load_classifier(self.stage, self.cfg, d.num_classes, tuple(d.train.images.shape[1:]))
+        return load_classifier(self.stage, self.cfg, self.build_model)
 
 
 def train_stage(
@@ -59,14 +59,31 @@ def train_stage(
     train: ImageSet | None = None,
     inputs: tuple[str, ...] = (),
     extra_config: Any = None,
+    build_model: ModelFactory = default_factory,
+    valid: ImageSet | None | str = "real",
 ) -> Trained:
-    """Train a classifier as a cached stage. ``train`` defaults to the real training split; ``inputs`` are the keys
-    of the stages the weighting or the training set came from, so a change upstream retrains this stage."""
+    """Train a classifier as a cached stage. ``train`` defaults to the real training split and ``valid`` to the real
+    valid split (None: no valid split); ``inputs`` are the keys of the stages the weighting or the training set came
+    from, so a change upstream retrains this stage."""
 
     def compute(stage: Stage) -> None:
         d = ctx.data
-        train_classifier(stage, train if train is not None else d.train, cfg, d.num_classes, d.valid, d.num_bias,
-                         weighting=weighting)
+        train_classifier(stage, train if train is not None else d.train, cfg, d.num_classes,
+                         d.valid if valid == "real" else valid, d.num_bias, weighting=weighting,
+                         build_model=build_model)
 
     stage = ctx.run.cached(name, {"train": to_dict(cfg), "extra": extra_config}, compute, (ctx.data_key, *inputs))
-    return Trained(stage, cfg, ctx)
+    return Trained(stage, cfg, ctx, build_model)
+
+
+def evaluate_stage(ctx: Context, name: str, model: Trained, splits: tuple[str, ...] = ("valid", "test")) -> dict:
+    """Metrics of a trained classifier on the given splits, cached as a stage."""
+    from ..classifiers.train import evaluate
+
+    def compute(stage: Stage) -> None:
+        d = ctx.data
+        write_json(stage.path("metrics.json"),
+                   {s: evaluate(model.model, d.split(s), d.num_classes, d.num_bias) for s in splits})
+
+    st = ctx.run.cached(name, {"splits": list(splits)}, compute, (model.key,))
+    return read_json(st.path("metrics.json"))

@@ -1,0 +1,46 @@
+"""Does a diffusion model amplify the bias? Measurable on Colored MNIST, where the bias is the stroke colour.
+
+- bias-aligned fraction: share of images whose stroke colour is nearest to their class's majority colour;
+- shape fidelity: accuracy of a grey-scale digit classifier (trained on the real training images made grey) on the
+  images made grey, against their labels: are the digits still digits once the colour cue is gone?
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.cmnist import COLORS
+
+
+def stroke_colors(images: torch.Tensor, brightest: int = 20) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3) colour in [0, 1]: the mean of each image's brightest pixels.
+
+    The stroke is ``colour * grey`` and MNIST strokes saturate (grey ~ 255) at their centre, so the brightest pixels
+    carry the colour itself.
+    """
+    x = images.float() / 255
+    flat = x.flatten(2)  # (N, 3, HW)
+    k = min(brightest, flat.shape[-1])
+    top = flat.sum(1).topk(k, dim=1).indices  # (N, k)
+    return flat.gather(2, top[:, None, :].expand(-1, 3, -1)).mean(2)
+
+
+def nearest_color(colors: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(colors, COLORS.to(colors.dtype)).argmin(1)
+
+
+def aligned_fraction(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of images whose stroke colour is nearest to the mean colour of their own class."""
+    if len(images) == 0:
+        return float("nan")
+    return float((nearest_color(stroke_colors(images)) == labels).double().mean())
+
+
+def to_grey(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> (N, 1, H, W) uint8: channel maximum, stretched so each image's brightest pixel is 255.
+
+    The stretch removes brightness differences between colours, so only the shape is left.
+    """
+    g = images.float().amax(1, keepdim=True)
+    peak = g.flatten(1).amax(1).clamp(min=1)[:, None, None, None]
+    return (g * (255 / peak)).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,216 @@
+"""The debiasing baselines as compositions of cached stages: LfF, JTT, Group-DRO, DisEnt, LfF+BE (and DisEnt+BE).
+
+Each is ``(ctx) -> Trained``; the training itself is always the one loop with a weighting object from
+:mod:`..classifiers.debias_weighting` or :mod:`..classifiers.weighting`. Config sections read: ``classifier`` (the
+target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by every LfF-style method), ``groupdro``,
+``jtt``, ``disent``, ``bias_ensemble``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..classifiers.debias_weighting import (
+    DisEnt,
+    FixedSteps,
+    LfFJoint,
+    Upsample,
+    committee_aligned,
+    disent_factory,
+)
+from ..classifiers.losses import cross_entropy
+from ..classifiers.train import predict_logits
+from ..classifiers.weighting import GroupDRO
+from ..config import TrainConfig, to_dict
+from ..data.base import ImageSet
+from ..evaluation.metrics import detection_metrics
+from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
+from .common import Context, Trained, train_stage
+
+
+def _image_shape(ctx: Context) -> tuple[int, int, int]:
+    return tuple(ctx.data.train.images.shape[1:])
+
+
+def _require_ce(cfg: TrainConfig, method: str) -> None:
+    if cfg.loss != "ce":
+        raise ValueError(f"{method}: classifier.loss must be 'ce' (the target's loss is CE weighted by W), "
+                         f"got '{cfg.loss}'")
+
+
+def _identification(train: ImageSet, score: np.ndarray, predicted: np.ndarray) -> dict:
+    """How a predicted conflicting set matches the true one, when the training split has bias labels."""
+    out = {"size": int(predicted.sum()), "fraction": float(predicted.mean()) if len(predicted) else 0.0}
+    if train.has_bias:
+        out.update(detection_metrics(score, predicted, (~train.aligned_mask()).numpy()))
+    return out
+
+
+def _record(ctx: Context, key: str, value: dict) -> None:
+    ctx.extras.setdefault("metrics", {})[key] = value
+
+
+# ---------------------------------------------------------------------------------------------------------- LfF
+
+
+def run_lff(ctx: Context) -> Trained:
+    """LfF (Nam et al. 2020): f_B (GCE) and f_D trained jointly, f_D's CE weighted by the relative difficulty."""
+    c = ctx.cfg
+    _require_ce(c.classifier, "lff")
+    d = ctx.data
+    w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
+                 ema=c.lff.ema, normalize=c.lff.normalize)
+    return train_stage(ctx, "lff", c.classifier, weighting=w, extra_config={"lff": to_dict(c.lff)})
+
+
+# ---------------------------------------------------------------------------------------------------------- JTT
+
+
+def jtt_copies(lambda_up: int, n: int, errors: int) -> int:
+    """Extra copies of each error point; ``-1`` is JTT's automatic ``int((N - |E|) / |E|) - 1``."""
+    if lambda_up >= 0:
+        return lambda_up
+    if lambda_up != -1:
+        raise ValueError(f"jtt.lambda_up must be >= 0 or -1 (auto), got {lambda_up}")
+    return max(int((n - errors) / errors) - 1, 0) if errors else 0
+
+
+def run_jtt(ctx: Context) -> Trained:
+    """JTT (Liu et al. 2021): ERM for T epochs, its training errors upsampled 1 + lambda_up times in a new ERM.
+
+    Deviation: the error set is read from the stage-1 model after epoch T in eval mode (a separate pass over the
+    training set); JTT records the predictions of the training-mode forward passes during epoch T.
+    """
+    c, j = ctx.cfg, ctx.cfg.jtt
+    if j.epochs_first < 1:
+        raise ValueError(f"jtt.epochs_first must be >= 1, got {j.epochs_first}")
+    first = train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last"))
+
+    def find_errors(stage: Stage) -> None:
+        train = ctx.data.train
+        logits = predict_logits(first.model, train.images, precision=c.classifier.precision)
+        wrong = logits.argmax(1) != train.labels
+        loss = cross_entropy(logits, train.labels)
+        save_tensors(stage.path("error_set.safetensors"), {"index": wrong.nonzero().squeeze(1), "loss": loss})
+        write_json(stage.path("summary.json"), _identification(train, loss.numpy(), wrong.numpy()))
+
+    errors = ctx.run.cached("jtt_error_set", {"rule": "eval-mode errors after epoch T"}, find_errors, (first.key,))
+    index = load_tensors(errors.path("error_set.safetensors"))[0]["index"]
+    _record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
+    copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
+    return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
+                       extra_config={"jtt": to_dict(j), "copies": copies})
+
+
+# ---------------------------------------------------------------------------------------------------- Group-DRO
+
+
+def true_groups(train: ImageSet, num_bias: int) -> torch.Tensor:
+    """Group index of each training sample from (label, bias), renumbered over the groups present in training."""
+    if not train.has_bias:
+        raise ValueError("gdro is supervised: it needs a bias label for every training sample (groups = label x "
+                         "bias), and this dataset's training split has none; use an unsupervised method (jtt, lff, "
+                         "disent, lff_be) or add a bias column to the CSV")
+    groups = train.labels * max(num_bias, int(train.bias.max()) + 1) + train.bias
+    return torch.unique(groups, return_inverse=True)[1]
+
+
+def run_gdro(ctx: Context) -> Trained:
+    """Group-DRO (Sagawa et al. 2020) with the true groups label x bias: a supervised ceiling, not unsupervised."""
+    c, d = ctx.cfg, ctx.data
+    groups = true_groups(d.train, d.num_bias)
+    g = c.groupdro
+    w = GroupDRO(groups, eta=g.eta, adjustment=g.adjustment, balanced=g.balanced)
+    return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": to_dict(g)})
+
+
+# ------------------------------------------------------------------------------------------------------- DisEnt
+
+
+def run_disent(ctx: Context) -> Trained:
+    """DisEnt (Lee et al. 2021): disentangled intrinsic / bias features with LfF weights and feature swapping."""
+    c, d = ctx.cfg, ctx.data
+    _require_ce(c.classifier, "disent")
+    w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision)
+    return train_stage(ctx, "disent", c.classifier, weighting=w, build_model=disent_factory,
+                       extra_config={"disent": to_dict(c.disent), "lff": to_dict(c.lff)})
+
+
+# ------------------------------------------------------------------------------------------------- BiasEnsemble
+
+
+def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
+    """BiasEnsemble stage 1: M GCE models, each ``iterations`` steps from a fresh init, the best-valid one kept
+    (valid accuracy every ``valid_freq`` steps); a sample is pseudo bias-aligned when >= ``agreement`` of them give
+    its label p > tau. Returns the pseudo-aligned mask over the training set and the committee stage.
+
+    Deviations: valid evaluations fall after steps valid_freq, 2·valid_freq, ... (BiasEnsemble evaluates after steps
+    1, valid_freq + 1, ..., so its last steps are never evaluated); each model draws its own shuffled order (the
+    authors share one loader across the models).
+    """
+    c, be = ctx.cfg, ctx.cfg.bias_ensemble
+    if be.num_models < 1 or not 1 <= be.agreement <= be.num_models:
+        raise ValueError(f"bias_ensemble needs num_models >= 1 and 1 <= agreement <= num_models, got "
+                         f"{be.num_models} / {be.agreement}")
+    steps = FixedSteps(be.iterations, be.valid_freq, c.classifier.batch_size)
+    has_valid = len(ctx.data.valid) > 0
+    member_cfg = replace(c.classifier, loss="gce", gce_q=c.lff.q, epochs=steps.epochs, eval_every=1,
+                         select="valid" if has_valid else "last", select_metric="accuracy")
+    extra = {"iterations": be.iterations, "valid_freq": be.valid_freq}
+    members = [train_stage(ctx, f"be_bias{k}", member_cfg, weighting=steps, extra_config=extra)
+               for k in range(be.num_models)]
+
+    def vote(stage: Stage) -> None:
+        train = ctx.data.train
+        p_y = []
+        for m in members:
+            logits = predict_logits(m.model, train.images, precision=c.classifier.precision)
+            p_y.append(torch.softmax(logits, 1).gather(1, train.labels[:, None]).squeeze(1))
+        p_y = torch.stack(p_y, 1)
+        aligned = committee_aligned(p_y, be.tau, be.agreement)
+        save_tensors(stage.path("committee.safetensors"), {"p_y": p_y, "aligned": aligned})
+        score = (1 - p_y.mean(1)).numpy()  # higher: more likely bias-conflicting
+        write_json(stage.path("summary.json"), _identification(train, score, (~aligned).numpy()))
+
+    committee = ctx.run.cached("be_committee", {"tau": be.tau, "agreement": be.agreement}, vote,
+                               tuple(m.key for m in members))
+    _record(ctx, "be_pseudo_conflicting", read_json(committee.path("summary.json")))
+    aligned = load_tensors(committee.path("committee.safetensors"))[0]["aligned"].bool()
+    return aligned, committee
+
+
+def run_lff_be(ctx: Context) -> Trained:
+    """LfF + BiasEnsemble (Lee et al. 2023): LfF whose f_B is trained with CE on the committee's pseudo-aligned
+    samples only (freshly initialised), f_D on every sample with LfF's W."""
+    c, d = ctx.cfg, ctx.data
+    _require_ce(c.classifier, "lff_be")
+    aligned, committee = bias_committee(ctx)
+    w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
+                 ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned)
+    return train_stage(ctx, "lff_be", c.classifier, weighting=w, inputs=(committee.key,),
+                       extra_config={"lff": to_dict(c.lff), "bias_ensemble": to_dict(c.bias_ensemble)})
+
+
+def run_disent_be(ctx: Context) -> Trained:
+    """DisEnt + BiasEnsemble: DisEnt whose align terms are CE on the committee's pseudo-aligned samples only."""
+    c, d = ctx.cfg, ctx.data
+    _require_ce(c.classifier, "disent_be")
+    aligned, committee = bias_committee(ctx)
+    w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision, aligned_mask=aligned)
+    return train_stage(ctx, "disent_be", c.classifier, weighting=w, build_model=disent_factory,
+                       inputs=(committee.key,), extra_config={"disent": to_dict(c.disent), "lff": to_dict(c.lff),
+                                                              "bias_ensemble": to_dict(c.bias_ensemble)})
+
+
+BASELINES = {
+    "lff": run_lff,
+    "jtt": run_jtt,
+    "gdro": run_gdro,
+    "disent": run_disent,
+    "lff_be": run_lff_be,
+    "disent_be": run_disent_be,
+}
