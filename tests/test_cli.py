@@ -62,7 +62,8 @@ def test_csv_dataset_run_and_data_check(tmp_path, image_folder, capsys):
     assert main(["run", "-", "--out", str(out), "--quiet", "--set", "data.name=csv", "--set", f"data.csv={csv}",
                  "--set", "classifier.epochs=2", "--set", "classifier.select=last"]) == 2  # '-' is not a file
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data:\n  name: csv\n  csv: {csv}\n  root: {root}\nclassifier:\n  epochs: 2\n  batch_size: 8\n  select: last\n")
+    cfg.write_text(f"data:\n  name: csv\n  csv: {csv}\n  root: {root}\n"
+                   "classifier:\n  epochs: 2\n  batch_size: 8\n  select: last\n")
     assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
     split = (out / "data" / "split.csv").read_text().splitlines()
     assert split[0] == "path,label,bias,split" and len(split) == 61

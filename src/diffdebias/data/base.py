@@ -18,7 +18,8 @@ class ImageSet:
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+            shape = tuple(self.images.shape)
+            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor, got {self.images.dtype} {shape}")
         n = len(self.images)
         if len(self.labels) != n or (self.bias is not None and len(self.bias) != n):
             raise ValueError("images, labels and bias must have the same length")

@@ -40,7 +40,8 @@ def assign_bias(labels: torch.Tensor, conflict_ratio: float, num_classes: int = 
     for c in range(num_classes):
         idx = (labels == c).nonzero().squeeze(1)
         rank = np.arange(len(idx))
-        bias[idx] = torch.from_numpy(np.searchsorted(milestones[c], rank, side="right")).long().clamp(max=num_classes - 1)
+        colour = np.searchsorted(milestones[c], rank, side="right")
+        bias[idx] = torch.from_numpy(colour).long().clamp(max=num_classes - 1)
     return bias
 
 

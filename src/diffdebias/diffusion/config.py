@@ -26,7 +26,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 class DiffusionConfig:
     """Training of one diffusion model (DDB's conditional DDPM, or DiffInject's unconditional P2 model)."""
 
-    preset: str = "cpu"  # U-Net size: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
+    preset: str = "cpu"  # U-Net: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
     conditional: bool = True  # class-conditional with a learned null class (DDB); false: unconditional (DiffInject)
     num_train_timesteps: int = 1000  # T (open; DDPM's value)
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (open; DDPM's linear)
@@ -96,7 +96,7 @@ class SamplingConfig:
     sampler: str = "ddim"  # ddim | ddpm (ancestral) (open; DDIM is the practical default)
     steps: int = 50  # denoising steps on a sub-grid of the T training steps (open; DDIM 50-100; DDPM usually T)
     eta: float = 0.0  # DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)
-    guidance_scale: float = 2.0  # s in eps_u + s*(eps_c - eps_u); 1 = conditional; DDB's "w=1" is s=2 (open: convention)
+    guidance_scale: float = 2.0  # s in eps_u + s*(eps_c - eps_u); 1: conditional; DDB's "w=1" is s=2 (open)
     per_class: int = 1000  # images per class for the synthetic set (DDB: 1,000-2,000 suffice) (open)
     batch_size: int = 256  # images per forward pass (a guided pass runs 2x this many rows)
     timestep_spacing: str = "trailing"  # leading | trailing | linspace: trailing starts at t=T-1, where x_T~N(0,I)

@@ -44,8 +44,8 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset((16, 32), (False, True), 1, 8, None, 2),
     # ~1 M params; 28 px -> 14 -> 7 bottleneck, 32 px -> 8. Attention only at the bottleneck level and mid block.
     "cpu": Preset((32, 64, 64), (False, False, True), 1, 8, None, 3),
-    # ~27 M params (16 M at 28 px), improved-diffusion's 32 px channel multipliers (1, 2, 4, 4) on 64 channels; attention at 16 px
-    # and below; 32 px -> 4 bottleneck, 64 px -> 8; 28 px uses the first three levels (bottleneck 7).
+    # ~27 M params (16 M at 28 px), channel multipliers (1, 2, 4, 4) on 64 channels; attention at 16 px and below;
+    # 32 px -> 4 bottleneck, 64 px -> 8; 28 px uses the first three levels (bottleneck 7).
     "paper": Preset((64, 128, 256, 256), (False, True, True, True), 2, 32, 64, 3),
 }
 

@@ -113,8 +113,11 @@ def ddpm_step(
 
 
 def combine_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """eps = eps_uncond + s * (eps_cond - eps_uncond); s = 1 is the conditional prediction."""
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    """eps = eps_uncond + s * (eps_cond - eps_uncond); s = 1 is the conditional prediction.
+
+    Computed as eps_cond + (s - 1) * (eps_cond - eps_uncond), the same value, which is exactly eps_cond at s = 1.
+    """
+    return eps_cond + (guidance_scale - 1) * (eps_cond - eps_uncond)
 
 
 def predict_eps(
@@ -203,7 +206,7 @@ def sample(
                 "classifier-free guidance needs a conditional model (use 1)"
             )
     elif n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for this model, got {labels.min()}..{labels.max()}")
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got {int(labels.min())}..{int(labels.max())}")
     if seeds is None:
         if generator is None:
             raise ValueError("sample: give a generator or per-image seeds")

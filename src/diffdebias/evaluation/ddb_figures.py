@@ -42,8 +42,8 @@ def loss_histograms(losses: dict[str, torch.Tensor], conflicting: torch.Tensor, 
 def ranked_gallery(train: ImageSet, score: torch.Tensor, class_names: list[str], out_dir: Path,
                    top: int = 64) -> Path:
     """``ranked.csv`` (every training sample, most likely bias-conflicting first) and ``top.png`` (the first ones)."""
-    from torchvision.utils import make_grid
     from PIL import Image
+    from torchvision.utils import make_grid
 
     order = torch.argsort(score, descending=True)
     out_dir.mkdir(parents=True, exist_ok=True)

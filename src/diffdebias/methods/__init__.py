@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .baselines import BASELINES
 from .common import Context, Trained
 from .ddb import run_ddb
 from .erm import run_erm
@@ -11,6 +12,7 @@ from .erm import run_erm
 METHODS: dict[str, Callable[[Context], Trained]] = {
     "erm": run_erm,
     "ddb": run_ddb,
+    **BASELINES,
 }
 
 

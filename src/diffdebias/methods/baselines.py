@@ -8,7 +8,6 @@ target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by ev
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np

@@ -205,11 +205,12 @@ def ddb_report(ctx: Context, scores: dict[str, Scores], syn: Stage, metrics: dic
         a = metrics["amplification"]
         out += ["### Bias amplification (Colored MNIST)", "",
                 "| | bias-aligned fraction | shape fidelity |", "|---|---|---|",
-                f"| real training set | {a['real_aligned_fraction']:.4f} | {a['real_valid_shape_fidelity']:.4f} (valid) |",
+                f"| real training set | {a['real_aligned_fraction']:.4f} | "
+                f"{a['real_valid_shape_fidelity']:.4f} (valid) |",
                 f"| synthetic set ({a['synthetic_images']} images) | {a['synthetic_aligned_fraction']:.4f} | "
                 f"{a['synthetic_shape_fidelity']:.4f} |", ""]
     ranked_gallery(d.train, scores["synthetic"].loss, d.class_names, ctx.run.root / "gallery")
     out += ["### Most likely bias-conflicting training images", "",
-            f"Ranked by amplifier loss: `gallery/ranked.csv` (all samples), top ones in "
-            f"[gallery/top.png](gallery/top.png).", "", "![top-ranked](gallery/top.png)", ""]
+            "Ranked by amplifier loss: `gallery/ranked.csv` (all samples), top ones in "
+            "[gallery/top.png](gallery/top.png).", "", "![top-ranked](gallery/top.png)", ""]
     return out

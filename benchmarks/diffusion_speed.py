@@ -1,0 +1,283 @@
+"""Speed of diffdebias' diffusion training and sampling against a plain loop written like diffusers' example.
+
+Baseline ("example"), written the way ``examples/unconditional_image_generation/train_unconditional.py`` and
+``DDIMPipeline.__call__`` do it, plus class labels (our model is class-conditional):
+  - training: a ``DataLoader`` over a dataset of PIL images with torchvision transforms (Resize, CenterCrop, ToTensor,
+    Normalize), ``noise_scheduler.add_noise``, ``F.mse_loss``, ``accelerator.accumulate``/``backward``,
+    ``clip_grad_norm_``, AdamW with torch's default implementation, a warm-up lr scheduler, diffusers ``EMAModel``;
+  - sampling: ``DDIMScheduler.step`` in a pipeline-style loop under ``torch.no_grad``;
+  - the model: the SAME preset (channels, layers, block types) but with the library's default
+    ``attention_head_dim=8``, as the example leaves it. Everything fp32, as the example's default.
+Ours: ``train_diffusion`` and ``sample`` from ``diffdebias.diffusion`` with their defaults (precision ``auto``):
+  - in-memory uint8 tensors indexed directly (no DataLoader, no per-sample transforms);
+  - one attention head per block (``attention_head_dim`` = channels) instead of 8-dim heads;
+  - fused AdamW, one multi-tensor EMA update, ``zero_grad(set_to_none=True)``, ``torch.inference_mode``;
+  - bf16 autocast only where it is faster (``precision=auto``); ``torch.compile`` for sampling is opt-in.
+The speedups therefore come from those differences together; the "variants" lines separate them: the example's loop
+with our one-head model isolates the model change, and channels_last / bf16 / compile are printed as measured.
+
+Both sides run the same batch size, image size, steps and device, interleaved in ``--rounds`` rounds; each number is
+the best round (other processes on a shared machine only ever slow a round down). Synthetic 3-channel data.
+The last line reads ``train_speedup=<x> sample_speedup=<y>``.
+
+    python benchmarks/diffusion_speed.py            # ~2-3 min on 2 CPU cores
+    python benchmarks/diffusion_speed.py --compile  # also torch.compile for sampling (compile time printed apart)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore")
+
+
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+def example_model(preset: str, size: int, num_classes: int):
+    """Our preset with the library default attention heads (8-dim), as the example builds its UNet2DModel."""
+    from diffusers import UNet2DModel
+
+    from diffdebias.diffusion import build_unet
+
+    config = dict(build_unet(preset, size, 3, num_classes).config)
+    config["attention_head_dim"] = 8
+    return UNet2DModel.from_config(config)
+
+
+def rate(times: list[float], per_step: int) -> float:
+    """Images (or image-steps) per second between the first and last timestamp (the first step is warm-up)."""
+    return (len(times) - 1) * per_step / (times[-1] - times[0])
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def train_example(model, images, labels, batch: int, steps: int) -> float:
+    """The example's loop: DataLoader + PIL transforms, add_noise, mse_loss, AdamW, lr scheduler, EMAModel."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    reset_accelerate()
+    size = images.shape[-1]
+    augment = transforms.Compose([
+        transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(size),
+        transforms.Lambda(lambda x: x),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ])
+
+    class PILDataset(Dataset):
+        def __init__(self):
+            self.pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+
+        def __len__(self):
+            return len(self.pil)
+
+        def __getitem__(self, i):
+            return {"input": augment(self.pil[i].convert("RGB")), "label": labels[i]}
+
+    accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no")
+    ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4,
+                   model_cls=type(model), model_config=model.config)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    loader = DataLoader(PILDataset(), batch_size=batch, shuffle=True, num_workers=0)
+    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=500, num_training_steps=10_000)
+    model, optimizer, loader, lr_scheduler = accelerator.prepare(model, optimizer, loader, lr_scheduler)
+    ema.to(accelerator.device)
+    model.train()
+    times = [time.perf_counter()]
+    while len(times) <= steps:
+        for batch_ in loader:
+            clean = batch_["input"]
+            noise = torch.randn(clean.shape, device=clean.device)
+            timesteps = torch.randint(0, 1000, (clean.shape[0],), device=clean.device).long()
+            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+            with accelerator.accumulate(model):
+                output = model(noisy, timesteps, class_labels=batch_["label"]).sample
+                loss = F.mse_loss(output.float(), noise.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                ema.step(model.parameters())
+            times.append(time.perf_counter())
+            if len(times) > steps:
+                break
+    return rate(times, batch)
+
+
+def train_ours(model, images, labels, batch: int, steps: int, precision: str = "auto") -> float:
+    from diffdebias.diffusion import DiffusionConfig, train_diffusion
+    from diffdebias.runs import Stage
+
+    reset_accelerate()
+    cfg = DiffusionConfig(preset="cpu", steps=steps, batch_size=batch, checkpoint_every=10**9, sample_every=0,
+                          precision=precision, log_every=10**9)
+    times = [time.perf_counter()]
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Stage("diffusion", Path(tmp), "bench", seed=0, log=lambda msg: None)
+        train_diffusion(stage, model, images, labels, cfg, progress=False,
+                        callback=lambda step, loss: times.append(time.perf_counter()))
+    return rate(times[1:], batch)  # times[1] is the end of the first (warm-up) step
+
+
+# ------------------------------------------------------------------------------------------------------ sampling
+
+
+@torch.no_grad()
+def sample_example(model, labels, steps: int) -> float:
+    """``DDIMPipeline.__call__``: randn_tensor, DDIMScheduler.set_timesteps, unet(...).sample, scheduler.step."""
+    from diffusers import DDIMScheduler
+    from diffusers.utils.torch_utils import randn_tensor
+
+    model.eval()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    generator = torch.Generator().manual_seed(0)
+    size = model.config.sample_size
+    image = randn_tensor((len(labels), 3, size, size), generator=generator, dtype=model.dtype)
+    scheduler.set_timesteps(steps)
+    times = []
+    for t in scheduler.timesteps:
+        times.append(time.perf_counter())
+        model_output = model(image, t, class_labels=labels).sample
+        image = scheduler.step(model_output, t, image, eta=0.0, use_clipped_model_output=None,
+                               generator=generator).prev_sample
+    times.append(time.perf_counter())
+    image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return rate(times[1:], len(labels))
+
+
+def sample_ours(model, labels, steps: int, precision: str = "auto", compile_model: bool = False) -> float:
+    from diffdebias.diffusion import DiffusionConfig, SamplingConfig, sample
+
+    scfg = SamplingConfig(steps=steps, guidance_scale=1.0, batch_size=len(labels), precision=precision,
+                          compile=compile_model)
+    dcfg = DiffusionConfig()
+    t0 = time.perf_counter()
+    sample(model, scfg, dcfg, labels, torch.Generator().manual_seed(0), "cpu", progress=False)
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scfg.steps = steps * 2  # difference of two runs: the per-step rate without set-up and the first step
+    sample(model, scfg, dcfg, labels, torch.Generator().manual_seed(0), "cpu", progress=False)
+    two = time.perf_counter() - t0
+    return steps * len(labels) / max(two - one, 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--train-steps", type=int, default=6, help="timed steps per round (plus one warm-up)")
+    parser.add_argument("--sample-batch", type=int, default=128)
+    parser.add_argument("--sample-steps", type=int, default=5, help="denoising steps per timed round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 variants")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile for sampling")
+    args = parser.parse_args()
+
+    from diffdebias.diffusion import build_unet
+    from diffdebias.diffusion.models import cpu_has_native_bf16, resolve_precision
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    num_classes = 10
+    g = torch.Generator().manual_seed(0)
+    n = max(4 * args.train_batch, 512)
+    images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    sample_labels = torch.arange(args.sample_batch) % num_classes
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, "
+          f"precision auto -> {resolve_precision('auto', 'cpu')}")
+    print(f"preset {args.preset}, {args.size} px, 3 channels, {num_classes} classes; train batch {args.train_batch}, "
+          f"sample batch {args.sample_batch}; best of {args.rounds} interleaved rounds", flush=True)
+
+    def ours_model():
+        return build_unet(args.preset, args.size, 3, num_classes, seed=0)
+
+    def example():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return example_model(args.preset, args.size, num_classes)
+
+    train_variants = {
+        "example loop, example model (8-dim heads)": lambda: train_example(example(), images, labels,
+                                                                         args.train_batch, args.train_steps),
+        "example loop, our model (1 head)": lambda: train_example(ours_model(), images, labels, args.train_batch,
+                                                                  args.train_steps),
+        "ours (defaults)": lambda: train_ours(ours_model(), images, labels, args.train_batch, args.train_steps),
+        "ours + channels_last": lambda: train_ours(ours_model().to(memory_format=torch.channels_last), images,
+                                                   labels, args.train_batch, args.train_steps),
+    }
+    sample_variants = {
+        "example pipeline loop, example model": lambda: sample_example(example(), sample_labels, args.sample_steps),
+        "ours (defaults)": lambda: sample_ours(ours_model(), sample_labels, args.sample_steps),
+        "ours + channels_last": lambda: sample_ours(ours_model().to(memory_format=torch.channels_last),
+                                                    sample_labels, args.sample_steps),
+    }
+    train = {k: 0.0 for k in train_variants}
+    samp = {k: 0.0 for k in sample_variants}
+    for r in range(args.rounds):
+        for k, fn in train_variants.items():
+            train[k] = max(train[k], fn())
+            print(f"  round {r + 1} train  {k:<44} {train[k]:8.1f} img/s", flush=True)
+        for k, fn in sample_variants.items():
+            samp[k] = max(samp[k], fn())
+            print(f"  round {r + 1} sample {k:<44} {samp[k]:8.1f} img-steps/s", flush=True)
+    if not args.no_bf16:
+        k = "ours, precision=bf16 (1 round)"
+        train[k] = train_ours(ours_model(), images, labels, args.train_batch, 2, precision="bf16")
+        samp[k] = sample_ours(ours_model(), sample_labels, 2, precision="bf16")
+        train["ours, precision=fp32"] = train["ours (defaults)"] if resolve_precision("auto", "cpu") == "fp32" else \
+            train_ours(ours_model(), images, labels, args.train_batch, args.train_steps, precision="fp32")
+    if args.compile:
+        t0 = time.perf_counter()
+        model = ours_model()
+        sample_ours(model, sample_labels, 1, compile_model=True)
+        print(f"torch.compile warm-up (compile + 3 steps): {time.perf_counter() - t0:.1f} s")
+        samp["ours + torch.compile"] = max(sample_ours(model, sample_labels, args.sample_steps, compile_model=True)
+                                           for _ in range(args.rounds))
+
+    base_t = train["example loop, example model (8-dim heads)"]
+    base_s = samp["example pipeline loop, example model"]
+    print("\ntraining (images/s, fp32 unless stated):")
+    for k, v in train.items():
+        print(f"  {k:<46} {v:8.1f}   x{v / base_t:.2f}")
+    print("sampling (image-steps/s, DDIM, guidance 1 = one pass per step):")
+    for k, v in samp.items():
+        print(f"  {k:<46} {v:8.1f}   x{v / base_s:.2f}")
+    print(f"train_speedup={train['ours (defaults)'] / base_t:.2f} "
+          f"sample_speedup={samp['ours (defaults)'] / base_s:.2f}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,118 @@
+"""The benchmark runner: shards, skip/resume of a killed matrix, and tables from run folders written by hand."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import yaml
+
+import diffdebias.pipeline
+from diffdebias.bench import collect, load_table, parse_shard, render, run_table, write_tables
+from diffdebias.cli import main
+from diffdebias.config import ConfigError
+from diffdebias.runs import write_json
+
+
+def make_table(tmp_path, methods=("erm", "lff"), ratios=(0.01, 0.05), seeds=(1, 2, 3), **extra):
+    for m in methods:
+        (tmp_path / f"{m}.yaml").write_text(yaml.safe_dump({"name": m, "method": m}))
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "dataset": "cmnist", "methods": {m: f"{m}.yaml" for m in methods},
+                                    "ratios": list(ratios), "seeds": list(seeds), "out": str(tmp_path / "out"),
+                                    "tables_dir": str(tmp_path / "tables"), **extra}))
+    return load_table(path)
+
+
+def fake_run(table, method, ratio, seed, unbiased, aligned=0.9, conflicting=0.2, seconds=(1.0, 2.0)):
+    write_json(table.run_dir(method, ratio, seed) / "metrics.json", {
+        "test": {"unbiased_accuracy": unbiased, "aligned_accuracy": aligned, "conflicting_accuracy": conflicting},
+        "stage_seconds": {f"s{i}": s for i, s in enumerate(seconds)},
+    })
+
+
+def test_collect_and_render_mean_std_by_hand(tmp_path):
+    table = make_table(tmp_path)
+    for seed, acc in zip((1, 2, 3), (0.30, 0.35, 0.40)):
+        fake_run(table, "erm", 0.01, seed, acc, aligned=0.9 + seed / 100)
+    fake_run(table, "lff", 0.01, 1, 0.70)
+    fake_run(table, "lff", 0.01, 2, 0.76)
+    fake_run(table, "lff", 0.05, 3, 0.85, seconds=(4.0,))
+    (table.run_dir("lff", 0.05, 1)).mkdir(parents=True)  # a started, unfinished cell: no metrics.json
+    rows = {(r["method"], r["ratio"]): r for r in collect(table)}
+
+    erm = rows[("erm", 0.01)]
+    assert erm["seeds"] == 3
+    assert erm["unbiased_accuracy"] == pytest.approx(35.0)
+    assert erm["unbiased_accuracy_std"] == pytest.approx(statistics.stdev([30.0, 35.0, 40.0]))  # sample std = 5
+    assert erm["aligned_accuracy"] == pytest.approx(92.0)
+    assert erm["seconds"] == pytest.approx(3.0)
+    assert erm["published"] == 32.59  # DiffInject Table 1, Vanilla at 1 %
+    lff = rows[("lff", 0.01)]
+    assert lff["seeds"] == 2 and lff["unbiased_accuracy"] == pytest.approx(73.0)
+    assert lff["unbiased_accuracy_std"] == pytest.approx(((70 - 73) ** 2 + (76 - 73) ** 2) ** 0.5)
+    one = rows[("lff", 0.05)]
+    assert one["seeds"] == 1 and one["unbiased_accuracy_std"] == 0.0 and one["published"] == 85.33
+    assert rows[("erm", 0.05)]["seeds"] == 0
+
+    text = render(table, collect(table))
+    md = text["md"]
+    assert "| Vanilla | 35.00 ± 5.00 | 32.59 | — | 82.44 |" in md
+    assert "| lff | 73.00 ± 4.24 | 74.23 | 85.00 ± 0.00 | 85.33 |" in md
+    assert "35.00 $\\pm$ 5.00" in text["tex"]
+    assert text["csv"].splitlines()[0].startswith("method,ratio,seeds,unbiased_accuracy")
+    out = write_tables(table)
+    assert out.read_text() == md and (tmp_path / "tables" / "t.png").exists()
+
+
+def test_shard_takes_every_nth_cell(tmp_path, monkeypatch):
+    table = make_table(tmp_path)
+    calls = []
+    monkeypatch.setattr(diffdebias.pipeline, "execute", lambda cfg, out, quiet: calls.append(
+        (cfg.method, cfg.data.conflict_ratio, cfg.seed, out)))
+    assert parse_shard("1/3") == (1, 3)
+    run_table(table, parse_shard("1/3"), log=lambda m: None)
+    cells = table.cells()
+    assert [(m, r, s) for m, r, s, _ in calls] == cells[1::3] and len(calls) == 4
+    assert all(out == table.run_dir(m, r, s) for m, r, s, out in calls)
+    calls.clear()
+    for i in range(3):  # the shards together cover the matrix once
+        run_table(table, (i, 3), log=lambda m: None)
+    assert sorted((m, r, s) for m, r, s, _ in calls) == sorted(cells)
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+
+
+def test_killed_matrix_restarts_and_skips_finished_cells(tmp_path, fake_mnist, monkeypatch):
+    cfg = tmp_path / "erm.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "erm", "method": "erm",
+                                   "data": {"name": "cmnist", "mnist_path": str(fake_mnist)},
+                                   "classifier": {"epochs": 1, "batch_size": 128, "select": "last"}}))
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "methods": {"erm": "erm.yaml"}, "ratios": [0.05], "seeds": [1, 2],
+                                    "out": str(tmp_path / "out"), "tables_dir": str(tmp_path / "tables")}))
+    table = load_table(path)
+    real = diffdebias.pipeline.execute
+
+    class Killed(Exception):
+        pass
+
+    def killed_on_second(cfg, out, quiet):
+        if cfg.seed == 2:
+            raise Killed
+        return real(cfg, out, quiet=quiet)
+
+    monkeypatch.setattr(diffdebias.pipeline, "execute", killed_on_second)
+    with pytest.raises(Killed):
+        run_table(table, log=lambda m: None)
+    first = table.run_dir("erm", 0.05, 1) / "classifier" / "model.safetensors"
+    stamp = first.stat().st_mtime_ns
+    assert not (table.run_dir("erm", 0.05, 2) / "metrics.json").exists()
+
+    monkeypatch.setattr(diffdebias.pipeline, "execute", real)
+    assert main(["bench", str(path)]) == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished cell's stages were skipped
+    assert (table.run_dir("erm", 0.05, 2) / "metrics.json").exists()
+    rows = collect(table)
+    assert rows[0]["seeds"] == 2 and 0 <= rows[0]["unbiased_accuracy"] <= 100
