@@ -151,6 +151,7 @@ def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,11 +164,15 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
                if r["method"] == method and not math.isnan(r["unbiased_accuracy"])]
         if pts:
             x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=PUBLISHED_NAMES.get(method, method))
+            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=PUBLISHED_NAMES.get(method, method))
+            pub = [(100 * r["ratio"], r["published"]) for r in rows if r["method"] == method and r["published"]]
+            if pub:
+                ax.plot(*zip(*pub), linestyle="none", marker="x", markersize=8, color=line[0].get_color())
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks([100 * r for r in table.ratios], [f"{100 * r:g}" for r in table.ratios])
     ax.set_xlabel("bias-conflicting samples in training (%)")
-    ax.set_ylabel("unbiased test accuracy (%)")
+    ax.set_ylabel("unbiased test accuracy (%); x: published")
     ax.set_title(table.name)
     ax.legend()
     save_figure(fig, path)

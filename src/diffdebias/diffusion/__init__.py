@@ -1,42 +1,25 @@
-"""The diffusion engine: U-Net presets, noise schedules, training (guidance dropout, P2, EMA) and sampling."""
+"""The diffusion engine: U-Net presets, noise schedules, training (guidance dropout, P2, EMA) and sampling.
 
-from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
-from .models import build_unet, load_unet, model_num_classes, null_label, resolve_precision, save_unet
-from .sample import (
-    combine_guidance,
-    ddim_step,
-    ddpm_step,
-    predict_eps,
-    predicted_x0,
-    sample,
-    sample_per_class,
-    sample_sharded,
-    write_synthetic_dataset,
-)
-from .schedule import make_scheduler, p2_weights, timestep_grid
-from .train import train_diffusion
+Names are imported on first use, so reading a config (which needs only :mod:`.config`) does not import diffusers.
+"""
 
-__all__ = [
-    "DiffusionConfig",
-    "DiffusionConfigError",
-    "SamplingConfig",
-    "build_unet",
-    "combine_guidance",
-    "ddim_step",
-    "ddpm_step",
-    "load_unet",
-    "make_scheduler",
-    "model_num_classes",
-    "null_label",
-    "p2_weights",
-    "predict_eps",
-    "predicted_x0",
-    "resolve_precision",
-    "sample",
-    "sample_per_class",
-    "sample_sharded",
-    "save_unet",
-    "timestep_grid",
-    "train_diffusion",
-    "write_synthetic_dataset",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    ".config": ("DiffusionConfig", "DiffusionConfigError", "SamplingConfig"),
+    ".models": ("build_unet", "load_unet", "model_num_classes", "null_label", "resolve_precision", "save_unet"),
+    ".sample": ("combine_guidance", "ddim_step", "ddpm_step", "predict_eps", "predicted_x0", "sample",
+                "sample_per_class", "sample_sharded", "write_synthetic_dataset"),
+    ".schedule": ("make_scheduler", "p2_weights", "timestep_grid"),
+    ".train": ("train_diffusion",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)

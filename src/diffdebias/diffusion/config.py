@@ -9,9 +9,9 @@ Guidance convention. We write classifier-free guidance as ``eps = eps_uncond + s
 ``eps_cond + w * (eps_cond - eps_uncond)``, so its published ``w = 1`` is ``s = 1 + w = 2`` here.
 
 Precision ``auto``. bf16 autocast is chosen only where it measurably helps: a CUDA device with bf16 support, or a CPU
-with native bf16 matrix units (AMX-BF16 or AVX512-BF16). On an AVX2-only CPU (AMD EPYC, 2 threads) bf16 autocast was
-measured *slower* than fp32 for the small U-Net, so ``auto`` means fp32 there; see ``docs`` of
-``benchmarks/diffusion_speed.py`` and :func:`diffdebias.diffusion.models.resolve_precision`.
+with native bf16 matrix instructions (AMX-BF16 or AVX512-BF16), where it was measured 1.8-3x faster than fp32. On an
+AVX2-only CPU (2-core AMD EPYC) bf16 autocast is emulated and was measured 5-11x SLOWER than fp32 for the ``cpu``
+U-Net (training and sampling), so ``auto`` means fp32 there (``benchmarks/diffusion_speed.py --extras`` re-measures).
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     """``fp32`` or ``bf16`` for ``precision`` in fp32 | bf16 | auto on ``device``.
 
     ``auto`` picks bf16 only where it was measured faster: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16.
-    On an AVX2-only CPU bf16 autocast emulates the arithmetic and ran slower than fp32 (benchmarks/diffusion_speed.py).
+    On an AVX2-only CPU bf16 autocast emulates the arithmetic and ran 5-11x slower than fp32 for the ``cpu`` U-Net
+    (``benchmarks/diffusion_speed.py --extras``).
     """
     if precision not in ("fp32", "bf16", "auto"):
         raise DiffusionConfigError(f"precision must be fp32, bf16 or auto; got {precision!r}")

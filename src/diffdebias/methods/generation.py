@@ -8,8 +8,7 @@ import torch
 
 from ..data.base import ImageSet
 from ..devices import accelerator
-from ..diffusion import DiffusionConfig, SamplingConfig, build_unet, load_unet, sample, write_synthetic_dataset
-from ..diffusion.sample import class_labels, draw_seeds
+from ..diffusion import DiffusionConfig, SamplingConfig
 from ..runs import Stage, load_tensors, save_tensors
 from .common import Context
 
@@ -23,7 +22,7 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
     cfg.validate()
 
     def compute(stage: Stage) -> None:
-        from ..diffusion import train_diffusion
+        from ..diffusion import build_unet, train_diffusion
 
         acc = accelerator(ctx.cfg.device)
         acc.gradient_accumulation_steps = cfg.gradient_accumulation
@@ -42,6 +41,9 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
     cfg.validate()
 
     def compute(stage: Stage) -> None:
+        from ..diffusion import load_unet, sample, write_synthetic_dataset
+        from ..diffusion.sample import class_labels, draw_seeds
+
         acc = accelerator(ctx.cfg.device)
         model = load_unet(diffusion.path(UNET))
         labels = class_labels(num_classes, cfg.per_class)
