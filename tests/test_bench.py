@@ -68,7 +68,7 @@ def test_collect_and_render_mean_std_by_hand(tmp_path):
 def test_shard_takes_every_nth_cell(tmp_path, monkeypatch):
     table = make_table(tmp_path)
     calls = []
-    monkeypatch.setattr(diffdebias.pipeline, "execute", lambda cfg, out, quiet: calls.append(
+    monkeypatch.setattr(diffdebias.pipeline, "execute", lambda cfg, out, quiet, stage_cache: calls.append(
         (cfg.method, cfg.data.conflict_ratio, cfg.seed, out)))
     assert parse_shard("1/3") == (1, 3)
     run_table(table, parse_shard("1/3"), log=lambda m: None)
@@ -98,10 +98,10 @@ def test_killed_matrix_restarts_and_skips_finished_cells(tmp_path, fake_mnist, m
     class Killed(Exception):
         pass
 
-    def killed_on_second(cfg, out, quiet):
+    def killed_on_second(cfg, out, quiet, stage_cache):
         if cfg.seed == 2:
             raise Killed
-        return real(cfg, out, quiet=quiet)
+        return real(cfg, out, quiet=quiet, stage_cache=stage_cache)
 
     monkeypatch.setattr(diffdebias.pipeline, "execute", killed_on_second)
     with pytest.raises(Killed):

@@ -78,3 +78,25 @@ def test_generators_are_seeded_by_parts():
     b = torch.randn(3, generator=generator(1, "stage", 0))
     c = torch.randn(3, generator=generator(1, "stage", 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_shared_stage_cache_computes_a_stage_once_across_runs(tmp_path):
+    calls = []
+
+    def compute(stage):
+        calls.append(stage.name)
+        stage.path("weights.txt").write_text(stage.name)
+
+    cache = tmp_path / "cache"
+    a = Run(tmp_path / "a", seed=1, quiet=True, stage_cache=cache)
+    b = Run(tmp_path / "b", seed=1, quiet=True, stage_cache=cache)
+    a.cached("diffusion", {"steps": 5}, compute)
+    b.cached("diffusion", {"steps": 5}, compute)
+    assert calls == ["diffusion"]
+    assert (tmp_path / "b" / "diffusion" / "weights.txt").read_text() == "diffusion"  # linked into run b
+    b.cached("diffusion", {"steps": 6}, compute)  # another config: another cache entry, relinked
+    assert calls == ["diffusion", "diffusion"]
+    assert len(list(cache.iterdir())) == 2
+    assert (tmp_path / "a" / "diffusion").resolve() != (tmp_path / "b" / "diffusion").resolve()
+    Run(tmp_path / "c", seed=2, quiet=True, stage_cache=cache).cached("diffusion", {"steps": 5}, compute)
+    assert len(calls) == 3  # another seed is another stage

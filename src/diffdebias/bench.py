@@ -37,7 +37,9 @@ class Table:
     root: Path = Path(".")
 
     def cells(self) -> list[tuple[str, float, int]]:
-        return [(m, r, s) for m in self.methods for r in self.ratios for s in self.seeds]
+        """Ratio, then seed, then method: every (ratio, seed) finishes all its methods (which may share stages)
+        before the next one starts, so a partial matrix already compares methods."""
+        return [(m, r, s) for r in self.ratios for s in self.seeds for m in self.methods]
 
     def run_dir(self, method: str, ratio: float, seed: int) -> Path:
         return Path(self.out) / method / f"ratio{ratio:g}-seed{seed}"
@@ -86,7 +88,7 @@ def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print) -> None:
         cfg = load_config(table.root / table.methods[method], overrides, seed=seed)
         out = table.run_dir(method, ratio, seed)
         log(f"[bench {table.name}] cell {k + 1}/{len(cells)}: {method} ratio={ratio:g} seed={seed} -> {out}")
-        execute(cfg, out, quiet=True)
+        execute(cfg, out, quiet=True, stage_cache=Path(table.out) / "_stages")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

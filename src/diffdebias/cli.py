@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="run seed (overrides the config's seed)")
     run.add_argument("--out", help="run directory (default: runs/<name>-s<seed>)")
     run.add_argument("--quiet", action="store_true", help="print only the report path")
+    run.add_argument("--stage-cache", help="shared folder of stages: runs that need the same stage (same config and "
+                     "inputs, e.g. DDB's diffusion model for two recipes) compute it once")
 
     data = sub.add_parser("data", help="build or check a dataset")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -69,7 +71,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import execute
 
         cfg = load_config(args.config, args.overrides, seed=args.seed)
-        run_dir = execute(cfg, args.out, quiet=args.quiet)
+        run_dir = execute(cfg, args.out, quiet=args.quiet, stage_cache=args.stage_cache)
         print(run_dir / "report.md")
         return 0
     if args.command == "bench":

@@ -19,10 +19,12 @@ def default_out(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-s{cfg.seed}"
 
 
-def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False) -> Path:
-    """Run (or resume, or skip) every stage of ``cfg`` in ``out``; return the run directory."""
+def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
+            stage_cache: str | Path | None = None) -> Path:
+    """Run (or resume, or skip) every stage of ``cfg`` in ``out``; return the run directory. With ``stage_cache``,
+    stages live in that shared folder, so runs that share a stage (same config and inputs) compute it once."""
     t0 = time.time()
-    run = Run(out or default_out(cfg), cfg.seed, quiet=quiet)
+    run = Run(out or default_out(cfg), cfg.seed, quiet=quiet, stage_cache=stage_cache)
     write_text(run.root / "config.yaml", dump_yaml(cfg))
     method = get_method(cfg.method)
     ctx = Context(cfg, run)

@@ -205,10 +205,12 @@ class Stage:
 class Run:
     """A run directory: resolved config, stages, and the log of what was skipped or computed."""
 
-    def __init__(self, root: str | os.PathLike, seed: int, quiet: bool = False):
+    def __init__(self, root: str | os.PathLike, seed: int, quiet: bool = False,
+                 stage_cache: str | os.PathLike | None = None):
         self.root = Path(root)
         self.seed = seed
         self.quiet = quiet
+        self.stage_cache = Path(stage_cache) if stage_cache else None
         self.root.mkdir(parents=True, exist_ok=True)
         self.events: list[dict[str, Any]] = []
 
@@ -217,17 +219,36 @@ class Run:
             print(f"[diffdebias] {msg}", flush=True)
 
     def stage(self, name: str, config: Any, inputs: Iterable[str] = ()) -> Stage:
+        """The stage's folder is ``<run>/<name>``; with a shared stage cache it lives in ``<cache>/<name>-<key>``
+        (found by any run that needs the same stage with the same inputs) and ``<run>/<name>`` links to it."""
         key = config_hash(name, config, sorted(inputs), self.seed)
-        return Stage(name=name, dir=self.root / name, key=key, seed=self.seed, log=self.log)
+        local = self.root / name
+        if self.stage_cache is None or (not local.is_symlink() and Stage(name, local, key, self.seed).done):
+            return Stage(name=name, dir=local, key=key, seed=self.seed, log=self.log)
+        return Stage(name=name, dir=self.stage_cache / f"{name}-{key}", key=key, seed=self.seed, log=self.log)
+
+    def _link(self, st: Stage) -> None:
+        local = self.root / st.name
+        if st.dir == local:
+            return
+        if local.is_symlink() and local.resolve() == st.dir.resolve():
+            return
+        if local.is_symlink() or local.is_file():
+            local.unlink()
+        elif local.exists():
+            shutil.rmtree(local)
+        local.symlink_to(os.path.relpath(st.dir, self.root))
 
     def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = ()) -> Stage:
         """Run ``compute(stage)`` unless the stage is already done for this config and these inputs."""
         st = self.stage(name, config, inputs)
         if st.done:
+            self._link(st)
             self.log(f"stage {name}: done, skipped")
             self.events.append({"stage": name, "skipped": True})
             return st
         st.prepare()
+        self._link(st)
         self.log(f"stage {name}: running")
         t0 = time.time()
         compute(st)

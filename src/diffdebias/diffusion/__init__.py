@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     ".config": ("DiffusionConfig", "DiffusionConfigError", "SamplingConfig"),
     ".models": ("build_unet", "load_unet", "model_num_classes", "null_label", "resolve_precision", "save_unet"),
-    ".sample": ("combine_guidance", "ddim_step", "ddpm_step", "predict_eps", "predicted_x0", "sample",
+    ".sampling": ("combine_guidance", "ddim_step", "ddpm_step", "predict_eps", "predicted_x0", "sample",
                 "sample_per_class", "sample_sharded", "write_synthetic_dataset"),
     ".schedule": ("make_scheduler", "p2_weights", "timestep_grid"),
     ".train": ("train_diffusion",),

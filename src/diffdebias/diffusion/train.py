@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..runs import Stage, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .models import autocast, load_unet, model_num_classes, null_label, resolve_precision, save_unet
-from .sample import class_grid, make_grid_image, sample, save_png
+from .sampling import class_grid, make_grid_image, sample, save_png
 from .schedule import alphas_cumprod, p2_weights
 
 __all__ = ["train_diffusion", "load_unet", "ema_decay_at", "lr_at"]

@@ -42,7 +42,7 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, sample, write_synthetic_dataset
-        from ..diffusion.sample import class_labels, draw_seeds
+        from ..diffusion.sampling import class_labels, draw_seeds
 
         acc = accelerator(ctx.cfg.device)
         model = load_unet(diffusion.path(UNET))
