@@ -57,9 +57,12 @@ def image_folder(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
-    """Every test gets its own dataset cache and a fresh accelerate state."""
+    """Every test gets its own dataset cache, a fresh accelerate state, and one thread: the models are tiny, and two
+    OpenMP threads spin-wait badly when other processes share the cores."""
     monkeypatch.setenv("DIFFDEBIAS_CACHE", str(tmp_path / "cache"))
     reset_accelerator()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     reset_accelerator()

@@ -21,15 +21,6 @@ from diffdebias.diffusion.models import resolve_precision
 from diffdebias.diffusion.schedule import alphas_cumprod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads spin-wait badly when other processes share the cores; the tiny models need only one.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("size,bottleneck", [(28, 7), (32, 8)])
 def test_cpu_preset_shapes_and_bottleneck(size, bottleneck):
     model = build_unet("cpu", size, 3, 10, seed=0)

@@ -25,14 +25,6 @@ from diffdebias.diffusion import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cond_model():
     return build_unet("tiny", 8, 3, 3, seed=0).eval()

@@ -8,14 +8,6 @@ from diffdebias.diffusion.train import _EpochOrder
 from diffdebias.runs import Stage, load_tensors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     from accelerate.state import AcceleratorState, PartialState

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from ..classifiers.debias_weighting import (
@@ -26,9 +25,9 @@ from ..classifiers.train import predict_logits
 from ..classifiers.weighting import GroupDRO
 from ..config import TrainConfig, to_dict
 from ..data.base import ImageSet
-from ..evaluation.metrics import detection_metrics
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, train_stage
+from .detection import identification
 
 
 def _image_shape(ctx: Context) -> tuple[int, int, int]:
@@ -39,14 +38,6 @@ def _require_ce(cfg: TrainConfig, method: str) -> None:
     if cfg.loss != "ce":
         raise ValueError(f"{method}: classifier.loss must be 'ce' (the target's loss is CE weighted by W), "
                          f"got '{cfg.loss}'")
-
-
-def _identification(train: ImageSet, score: np.ndarray, predicted: np.ndarray) -> dict:
-    """How a predicted conflicting set matches the true one, when the training split has bias labels."""
-    out = {"size": int(predicted.sum()), "fraction": float(predicted.mean()) if len(predicted) else 0.0}
-    if train.has_bias:
-        out.update(detection_metrics(score, predicted, (~train.aligned_mask()).numpy()))
-    return out
 
 
 def _record(ctx: Context, key: str, value: dict) -> None:
@@ -95,7 +86,7 @@ def run_jtt(ctx: Context) -> Trained:
         wrong = logits.argmax(1) != train.labels
         loss = cross_entropy(logits, train.labels)
         save_tensors(stage.path("error_set.safetensors"), {"index": wrong.nonzero().squeeze(1), "loss": loss})
-        write_json(stage.path("summary.json"), _identification(train, loss.numpy(), wrong.numpy()))
+        write_json(stage.path("summary.json"), identification(train, loss.numpy(), wrong.numpy()))
 
     errors = ctx.run.cached("jtt_error_set", {"rule": "eval-mode errors after epoch T"}, find_errors, (first.key,))
     index = load_tensors(errors.path("error_set.safetensors"))[0]["index"]
@@ -173,7 +164,7 @@ def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
         aligned = committee_aligned(p_y, be.tau, be.agreement)
         save_tensors(stage.path("committee.safetensors"), {"p_y": p_y, "aligned": aligned})
         score = (1 - p_y.mean(1)).numpy()  # higher: more likely bias-conflicting
-        write_json(stage.path("summary.json"), _identification(train, score, (~aligned).numpy()))
+        write_json(stage.path("summary.json"), identification(train, score, (~aligned).numpy()))
 
     committee = ctx.run.cached("be_committee", {"tau": be.tau, "agreement": be.agreement}, vote,
                                tuple(m.key for m in members))

@@ -18,10 +18,9 @@ from ..classifiers.train import predict_logits
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
 from ..config import TrainConfig
 from ..data.base import ImageSet
-from ..evaluation.metrics import detection_metrics
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, evaluate_stage, train_stage
-from .detection import SUPERVISED_RULES, detect
+from .detection import SUPERVISED_RULES, detect, identification
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
@@ -60,12 +59,8 @@ def detected(ctx: Context, scores: Scores) -> np.ndarray:
     return detect(ctx.cfg.detection, scores.loss.numpy(), scores.pred.numpy(), d.train.labels.numpy(), bias)
 
 
-def detection_report(ctx: Context, scores: Scores) -> dict[str, Any] | None:
-    d = ctx.data
-    if not d.train.has_bias:
-        return None
-    truth = (d.train.labels != d.train.bias).numpy()
-    return detection_metrics(scores.loss.numpy(), detected(ctx, scores), truth)
+def detection_report(ctx: Context, scores: Scores) -> dict[str, Any]:
+    return identification(ctx.data.train, scores.loss.numpy(), detected(ctx, scores))
 
 
 def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:

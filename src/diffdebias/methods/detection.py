@@ -74,3 +74,15 @@ def detect(cfg: DetectionConfig, loss: np.ndarray, pred: np.ndarray, labels: np.
         idx = labels == c
         out[idx] = split(loss[idx])
     return out
+
+
+def identification(train, score: np.ndarray, predicted: np.ndarray) -> dict:
+    """Size of a predicted conflicting set and, when the training split has bias labels, how well it (and the
+    per-sample ``score``, higher = more likely conflicting) matches the true conflicting set."""
+    from ..evaluation.metrics import detection_metrics
+
+    predicted = np.asarray(predicted, dtype=bool)
+    out = {"size": int(predicted.sum()), "fraction": float(predicted.mean()) if len(predicted) else 0.0}
+    if train.has_bias:
+        out.update(detection_metrics(score, predicted, (train.labels != train.bias).numpy()))
+    return out
