@@ -1,4 +1,4 @@
-"""Device and process placement through accelerate (never ``.cuda()``)."""
+"""Device and process placement through accelerate: no tensor is moved to a GPU by hand."""
 
 from __future__ import annotations
 
