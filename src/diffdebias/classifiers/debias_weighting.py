@@ -19,43 +19,9 @@ from ..runs import derive_seed
 from .losses import cross_entropy, gce
 from .models import build_classifier
 from .train import ModelFactory, default_factory, make_optimizer
-from .weighting import Batch, PerSampleEMA, Weighting, class_max_normalize, relative_difficulty
+from .weighting import Batch, RelativeDifficulty, Weighting
 
 # ------------------------------------------------------------------------------------------------- LfF's weights
-
-
-class RelativeDifficulty:
-    """LfF's W(x) from two per-sample loss EMAs (biased, target), as LfF's ``train.py`` computes it.
-
-    Each call pushes the batch's detached losses into both EMAs, reads the batch's EMA values back, divides each by
-    its class's maximum over the whole training set's EMA buffer (``normalize``), and returns
-    ``L_B / (L_B + L_D + 1e-8)``. ``ema=False`` keeps only the latest loss (alpha 0).
-    """
-
-    def __init__(self, labels: torch.Tensor, alpha: float = 0.7, ema: bool = True, normalize: bool = True):
-        self.labels = labels.long().cpu()
-        a = alpha if ema else 0.0
-        self.ema_b = PerSampleEMA(len(labels), a)
-        self.ema_d = PerSampleEMA(len(labels), a)
-        self.normalize = normalize
-
-    def __call__(self, index: torch.Tensor, loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
-        index = index.cpu()
-        lb = self.ema_b.update(index, loss_b)
-        ld = self.ema_d.update(index, loss_d)
-        if self.normalize:
-            lb = class_max_normalize(lb, index, self.ema_b.value, self.labels)
-            ld = class_max_normalize(ld, index, self.ema_d.value, self.labels)
-        return relative_difficulty(lb, ld)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"ema_b": self.ema_b.value, "seen_b": self.ema_b.seen, "ema_d": self.ema_d.value,
-                "seen_d": self.ema_d.seen}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "ema_b" in state:
-            self.ema_b.value, self.ema_b.seen = state["ema_b"].float(), state["seen_b"].bool()
-            self.ema_d.value, self.ema_d.seen = state["ema_d"].float(), state["seen_d"].bool()
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -130,37 +130,63 @@ def relative_difficulty(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Ten
     return loss_b / (loss_b + loss_d + 1e-8)
 
 
+class RelativeDifficulty:
+    """LfF's W(x) from two per-sample loss EMAs (biased, target), as LfF's ``train.py`` computes it.
+
+    Each call pushes the batch's detached losses into both EMAs, reads the batch's EMA values back, divides each by
+    its class's maximum over the whole training set's EMA buffer (``normalize``), and returns
+    ``L_B / (L_B + L_D + 1e-8)``. ``ema=False`` keeps only the latest loss (alpha 0).
+    """
+
+    def __init__(self, labels: torch.Tensor, alpha: float = 0.7, ema: bool = True, normalize: bool = True):
+        self.labels = labels.long().cpu()
+        a = alpha if ema else 0.0
+        self.ema_b = PerSampleEMA(len(labels), a)
+        self.ema_d = PerSampleEMA(len(labels), a)
+        self.normalize = normalize
+
+    def __call__(self, index: torch.Tensor, loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
+        index = index.cpu()
+        lb = self.ema_b.update(index, loss_b)
+        ld = self.ema_d.update(index, loss_d)
+        if self.normalize:
+            lb = class_max_normalize(lb, index, self.ema_b.value, self.labels)
+            ld = class_max_normalize(ld, index, self.ema_d.value, self.labels)
+        return relative_difficulty(lb, ld)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema_b": self.ema_b.value, "seen_b": self.ema_b.seen, "ema_d": self.ema_d.value,
+                "seen_d": self.ema_d.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "ema_b" in state:
+            self.ema_b.value, self.ema_b.seen = state["ema_b"].float(), state["seen_b"].bool()
+            self.ema_d.value, self.ema_d.seen = state["ema_d"].float(), state["seen_d"].bool()
+
+
 class FixedBiasLossWeights(Weighting):
     """LfF-style weights against a frozen biased model's per-sample losses (DDB Recipe II).
 
-    ``W = L_BA / (L_BA + L_D)``: ``L_D`` is the target's own per-sample loss, optionally an EMA (alpha) over
-    visits; with ``normalize`` both are divided by their class-wise maximum over the training set.
+    LfF's :class:`RelativeDifficulty` with the biased loss fixed: its EMA buffer starts full (an EMA of a constant is
+    the constant), so the class-wise maximum of ``L_BA`` is taken over the whole training set from the first batch.
     """
 
     def __init__(self, bias_loss: torch.Tensor, labels: torch.Tensor, alpha: float = 0.7, ema: bool = True,
                  normalize: bool = True):
-        self.bias_loss = bias_loss.float()
-        self.labels = labels.long()
-        self.ema = PerSampleEMA(len(labels), alpha if ema else 0.0)
-        self.normalize = normalize
+        self.bias_loss = bias_loss.float().cpu()
+        self.difficulty = RelativeDifficulty(labels, alpha, ema, normalize)
+        self.difficulty.ema_b.value = self.bias_loss.clone()
+        self.difficulty.ema_b.seen[:] = True
         self.last_weights: torch.Tensor | None = None
 
-    def weights(self, index: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
-        ld = self.ema.update(index, loss_d)
-        lb = self.bias_loss[index]
-        if self.normalize:
-            lb = class_max_normalize(lb, index, self.bias_loss, self.labels)
-            ld = class_max_normalize(ld, index, self.ema.value, self.labels)
-        return relative_difficulty(lb, ld)
-
     def loss(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
-        w = self.weights(batch.index, losses).to(losses.device)
+        index = batch.index.cpu()
+        w = self.difficulty(index, self.bias_loss[index], losses.detach()).to(losses.device)
         self.last_weights = w
         return (w * losses).mean()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema.value, "seen": self.ema.seen}
+        return self.difficulty.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "ema" in state:
-            self.ema.value, self.ema.seen = state["ema"].float(), state["seen"].bool()
+        self.difficulty.load_state_dict(state)
