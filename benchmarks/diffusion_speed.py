@@ -47,6 +47,12 @@ import torch.nn.functional as F
 warnings.filterwarnings("ignore")
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so wall-clock timestamps mean finished steps."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def reset_accelerate() -> None:
     from accelerate.state import AcceleratorState, PartialState
 
@@ -131,6 +137,7 @@ def train_example(model, images, labels, batch: int, steps: int) -> float:
                 optimizer.zero_grad()
             if accelerator.sync_gradients:
                 ema.step(model.parameters())
+            _sync()
             times.append(time.perf_counter())
             if len(times) > steps:
                 break
@@ -156,17 +163,18 @@ def train_ours(model, images, labels, batch: int, steps: int, precision: str = "
 
 
 @torch.no_grad()
-def sample_example(model, labels, steps: int) -> float:
+def sample_example(model, labels, steps: int, device: str = "cpu") -> float:
     """``DDIMPipeline.__call__``: randn_tensor, DDIMScheduler.set_timesteps, unet(...).sample, scheduler.step."""
     from diffusers import DDIMScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
     t0 = time.perf_counter()
-    model.eval()
+    model.eval().to(device)
+    labels = labels.to(device)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     generator = torch.Generator().manual_seed(0)
     size = model.config.sample_size
-    image = randn_tensor((len(labels), 3, size, size), generator=generator, dtype=model.dtype)
+    image = randn_tensor((len(labels), 3, size, size), generator=generator, dtype=model.dtype).to(device)
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
         model_output = model(image, t, class_labels=labels).sample
@@ -176,14 +184,15 @@ def sample_example(model, labels, steps: int) -> float:
     return steps * len(labels) / (time.perf_counter() - t0)
 
 
-def sample_ours(model, labels, steps: int, precision: str = "auto", compile_model: bool = False) -> float:
+def sample_ours(model, labels, steps: int, precision: str = "auto", compile_model: bool = False,
+                device: str = "cpu") -> float:
     """The whole ``sample`` call, set-up and uint8 conversion included, as for the example."""
     from diffdebias.diffusion import DiffusionConfig, SamplingConfig, sample
 
     scfg = SamplingConfig(steps=steps, guidance_scale=1.0, batch_size=len(labels), precision=precision,
                           compile=compile_model)
     t0 = time.perf_counter()
-    sample(model, scfg, DiffusionConfig(), labels, torch.Generator().manual_seed(0), "cpu", progress=False)
+    sample(model, scfg, DiffusionConfig(), labels, torch.Generator().manual_seed(0), device, progress=False)
     return steps * len(labels) / (time.perf_counter() - t0)
 
 
@@ -203,7 +212,10 @@ def main() -> None:
     parser.add_argument("--extras", action="store_true",
                         help="also time channels_last and bf16 autocast (one round each; bf16 is slow without AMX)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile for sampling")
+    parser.add_argument("--device", default=None,
+                        help="cpu | cuda (default: cuda when available); training always uses accelerate's device")
     args = parser.parse_args()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     from diffdebias.diffusion import build_unet
     from diffdebias.diffusion.models import cpu_has_native_bf16, resolve_precision
@@ -218,7 +230,8 @@ def main() -> None:
     sample_labels = torch.arange(args.sample_batch) % num_classes
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, "
-          f"precision auto -> {resolve_precision('auto', 'cpu')}")
+          f"precision auto -> {resolve_precision('auto', device)}, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
     print(f"preset {args.preset}, {args.size} px, 3 channels, {num_classes} classes; train batch {args.train_batch} "
           f"({args.train_steps} timed steps), sample batch {args.sample_batch} ({args.sample_steps} DDIM steps); "
           f"best of {args.rounds} interleaved rounds", flush=True)
@@ -239,9 +252,9 @@ def main() -> None:
         "ours (defaults)": lambda: train_ours(ours_model(), images, labels, tb, ts),
     }
     sample_variants = {
-        base_s_name: lambda: sample_example(example(), sample_labels, ss),
-        "example pipeline loop, our model (1 head)": lambda: sample_example(ours_model(), sample_labels, ss),
-        "ours (defaults)": lambda: sample_ours(ours_model(), sample_labels, ss),
+        base_s_name: lambda: sample_example(example(), sample_labels, ss, device),
+        "example pipeline loop, our model (1 head)": lambda: sample_example(ours_model(), sample_labels, ss, device),
+        "ours (defaults)": lambda: sample_ours(ours_model(), sample_labels, ss, device=device),
     }
     train = {k: 0.0 for k in train_variants}
     samp = {k: 0.0 for k in sample_variants}
@@ -257,16 +270,18 @@ def main() -> None:
     if args.extras:
         cl = torch.channels_last
         train["ours + channels_last (1 round)"] = train_ours(ours_model().to(memory_format=cl), images, labels, tb, ts)
-        samp["ours + channels_last (1 round)"] = sample_ours(ours_model().to(memory_format=cl), sample_labels, ss)
-        other = "bf16" if resolve_precision("auto", "cpu") == "fp32" else "fp32"
+        samp["ours + channels_last (1 round)"] = sample_ours(ours_model().to(memory_format=cl), sample_labels, ss,
+                                                             device=device)
+        other = "bf16" if resolve_precision("auto", device) == "fp32" else "fp32"
         train[f"ours, precision={other} (1 round, 1 step)"] = train_ours(ours_model(), images, labels, tb, 1, other)
-        samp[f"ours, precision={other} (1 round, 1 step)"] = sample_ours(ours_model(), sample_labels, 1, other)
+        samp[f"ours, precision={other} (1 round, 1 step)"] = sample_ours(ours_model(), sample_labels, 1, other,
+                                                                      device=device)
     if args.compile:
         t0 = time.perf_counter()
         model = ours_model()
-        sample_ours(model, sample_labels, 1, compile_model=True)
+        sample_ours(model, sample_labels, 1, compile_model=True, device=device)
         print(f"torch.compile warm-up (compile + 1 step): {time.perf_counter() - t0:.1f} s")
-        samp["ours + torch.compile"] = max(sample_ours(model, sample_labels, ss, compile_model=True)
+        samp["ours + torch.compile"] = max(sample_ours(model, sample_labels, ss, compile_model=True, device=device)
                                            for _ in range(args.rounds))
 
     base_t, base_s = train[base_t_name], samp[base_s_name]
