@@ -20,7 +20,7 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
-from .diffusion.config import DiffusionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
+from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
 
 
 @dataclass
@@ -121,6 +121,42 @@ class BiasEnsembleConfig:
     agreement: int = 3  # pseudo bias-aligned when at least this many models flag it (BiasEnsemble --agreement)
 
 
+@dataclass
+class DiffInjectConfig:
+    """DiffInject: GCE-biased classifier -> top-K content pool -> h-space injection -> classifier on real + synthetic.
+
+    The biased classifier is the ``amplifier`` section (a biased model); the injection's diffusion model is the
+    ``diffusion`` section (unconditional, P2-weighted); the injection itself is the ``injection`` section.
+    """
+
+    top_k: int = 10  # content pool: the K highest-CE training samples per class (released code: 10)
+    content_source: str = "gce"  # who ranks the samples: gce (the GCE classifier, the paper) | ddb (a DDB amplifier)
+    ddb_config: str | None = None  # content_source=ddb: the DDB config whose amplifier ranks (its data section is ours)
+    general_data: str = "train"  # diffusion training data: train (the biased training set, no extra data) |
+    #                              mnist (grey MNIST as 3 channels, the paper's choice for CMNIST) (open)
+    synthetic_ratio: float = 0.1  # synthetic images = ratio x aligned-looking training images (released: 0.1)
+    style_pool: str = "all"  # all (every training image outside the content pool: unsupervised) |
+    #                          aligned (ground-truth aligned images, as the released code; uses bias labels)
+    label_source: str = "style"  # label of a synthetic image: style (released: CMNIST, CCIFAR) | content (the others)
+    compare_erm: bool = True  # also train plain ERM with the classifier settings, for the report's comparison
+
+    def validate(self) -> DiffInjectConfig:
+        for key, value, choices in (("content_source", self.content_source, ("gce", "ddb")),
+                                    ("general_data", self.general_data, ("train", "mnist")),
+                                    ("style_pool", self.style_pool, ("all", "aligned")),
+                                    ("label_source", self.label_source, ("style", "content"))):
+            if value not in choices:
+                raise ConfigError(f"diffinject.{key} must be one of {', '.join(choices)}; got {value!r}")
+        if self.top_k < 1:
+            raise ConfigError(f"diffinject.top_k must be >= 1, got {self.top_k}")
+        if not self.synthetic_ratio > 0:
+            raise ConfigError(f"diffinject.synthetic_ratio must be > 0, got {self.synthetic_ratio}")
+        if self.content_source == "ddb" and not self.ddb_config:
+            raise ConfigError("diffinject.content_source=ddb needs diffinject.ddb_config "
+                              "(e.g. configs/cmnist/ddb.yaml)")
+        return self
+
+
 def _amplifier_default() -> TrainConfig:
     return TrainConfig(loss="gce", epochs=20, select="last")
 
@@ -128,12 +164,13 @@ def _amplifier_default() -> TrainConfig:
 @dataclass
 class Config:
     name: str = "run"
-    method: str = "erm"  # erm | ddb | lff | jtt | gdro | disent | lff_be
+    method: str = "erm"  # erm | ddb | diffinject | lff | jtt | gdro | disent | lff_be
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     data: DataConfig = field(default_factory=DataConfig)
     classifier: TrainConfig = field(default_factory=TrainConfig)  # the target (debiased) classifier
-    amplifier: TrainConfig = field(default_factory=_amplifier_default)  # a biased model: DDB's bias amplifier
+    amplifier: TrainConfig = field(default_factory=_amplifier_default)  # a biased model: DDB's bias amplifier,
+    #                                                                    DiffInject's GCE classifier
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     groupdro: GroupDROConfig = field(default_factory=GroupDROConfig)
     lff: LfFConfig = field(default_factory=LfFConfig)
@@ -143,6 +180,8 @@ class Config:
     bias_ensemble: BiasEnsembleConfig = field(default_factory=BiasEnsembleConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    diffinject: DiffInjectConfig = field(default_factory=DiffInjectConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -276,6 +315,11 @@ def validate(cfg: Config) -> Config:
         section = getattr(cfg, f.name)
         if hasattr(section, "validate"):
             section.validate()
+    if cfg.method == "diffinject" and cfg.diffusion.conditional:
+        raise ConfigError("diffinject injects into an unconditional diffusion model: set diffusion.conditional=false")
+    if cfg.injection.t_edit >= cfg.diffusion.num_train_timesteps:
+        raise ConfigError(f"injection.t_edit ({cfg.injection.t_edit}) must be below diffusion.num_train_timesteps "
+                          f"({cfg.diffusion.num_train_timesteps})")
     if cfg.method == "ddb" and not cfg.diffusion.conditional:
         raise ConfigError("ddb needs a class-conditional diffusion model: set diffusion.conditional=true")
     if not cfg.diffusion.conditional and cfg.sampling.guidance_scale != 1:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    ".config": ("DiffusionConfig", "DiffusionConfigError", "SamplingConfig"),
+    ".config": ("DiffusionConfig", "DiffusionConfigError", "InjectionConfig", "SamplingConfig"),
+    ".injection": ("decode", "encode", "inject", "injection_grid", "invert", "normalized_slerp", "slerp"),
     ".models": ("build_unet", "load_unet", "model_num_classes", "null_label", "resolve_precision", "save_unet"),
     ".sampling": ("combine_guidance", "ddim_step", "ddpm_step", "predict_eps", "predicted_x0", "sample",
                 "sample_per_class", "sample_sharded", "write_synthetic_dataset"),

@@ -117,6 +117,43 @@ class SamplingConfig:
         return self
 
 
+@dataclass
+class InjectionConfig:
+    """h-space content injection (DiffInject / InjectFusion). Defaults follow the released code's ``aug_diffstyle.py``.
+
+    Timesteps are in training steps (0..T-1). The grid of ``steps`` points serves both the DDIM inversion and the
+    generation; 50 reproduces the released code's injection grid (its 1,000-step runs add plain DDIM steps between
+    the grid points).
+    """
+
+    steps: int = 50  # inversion/generation grid size (released code: injection on a 50-point grid) (open)
+    gamma: float = 0.3  # slerp weight of the content h (released: 0.3 CCIFAR, 0.7 BFFHQ; swept 0.1-0.9)
+    t_edit: int = 400  # h is injected at steps with t >= t_edit (aug_diffstyle.py: 400; scripts: 500)
+    t_boost: int = 200  # steps with t <= t_boost are stochastic ("quality boosting")
+    boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
+    mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
+    batch_size: int = 256  # images per inversion/generation batch
+
+    def validate(self) -> InjectionConfig:
+        _positive("injection.batch_size", self.batch_size)
+        if self.steps < 2:
+            raise DiffusionConfigError(f"injection.steps must be >= 2, got {self.steps}")
+        if not 0 <= self.gamma <= 1:
+            raise DiffusionConfigError(f"injection.gamma must be in [0, 1], got {self.gamma}")
+        if not 0 <= self.boost_eta <= 1:
+            raise DiffusionConfigError(f"injection.boost_eta must be in [0, 1], got {self.boost_eta}")
+        if self.t_boost >= self.t_edit:
+            raise DiffusionConfigError(
+                f"injection.t_boost ({self.t_boost}) must be below injection.t_edit ({self.t_edit})")
+        if self.mask is not None:
+            m = self.mask
+            if len(m) != 4 or not (0 <= m[0] < m[1] <= 1 and 0 <= m[2] < m[3] <= 1):
+                raise DiffusionConfigError(
+                    f"injection.mask must be [top, bottom, left, right] fractions with top < bottom, left < right; "
+                    f"got {m}")
+        return self
+
+
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise DiffusionConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -40,7 +40,12 @@ def predicted_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t) -> torch.Ten
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta: float):
-    """sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)  (DDIM eq. 16)."""
+    """sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)  (DDIM eq. 16).
+
+    eta = 0 gives 0 for any pair of alpha-bars, also for an inversion step (abar_prev < abar_t).
+    """
+    if isinstance(eta, (int, float)) and eta == 0:
+        return 0.0
     return eta * _sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
 
 
@@ -356,11 +361,12 @@ def write_synthetic_dataset(
     labels: torch.Tensor,
     seeds: torch.Tensor,
     grid_per_class: int = 8,
+    extra_columns: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``<label>/<index>.png`` files, ``grid.png`` (one row per class) and ``synthetic.csv``.
 
-    The CSV has columns ``path,label,seed`` with paths relative to ``out_dir``; it is written last, so its presence
-    means the folder is complete. Returns the CSV path.
+    The CSV has columns ``path,label,seed`` (then ``extra_columns``, e.g. the provenance of each image) with paths
+    relative to ``out_dir``; it is written last, so its presence means the folder is complete. Returns the CSV path.
     """
     out_dir = Path(out_dir)
     images = images.cpu()
@@ -370,18 +376,22 @@ def write_synthetic_dataset(
         raise ValueError(f"images must be uint8 (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
     if not len(images) == len(labels) == len(seeds):
         raise ValueError(f"{len(images)} images, {len(labels)} labels and {len(seeds)} seeds: lengths differ")
+    extra = {k: torch.as_tensor(v).cpu().reshape(-1).tolist() for k, v in (extra_columns or {}).items()}
+    for k, v in extra.items():
+        if len(v) != len(images):
+            raise ValueError(f"extra column {k!r} has {len(v)} values for {len(images)} images")
     rows = []
     for i, (image, label, seed) in enumerate(zip(images, labels.tolist(), seeds.tolist())):
         rel = f"{label}/{i:06d}.png"
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         to_pil(image).save(path, format="PNG")
-        rows.append((rel, label, seed))
+        rows.append((rel, label, seed, *(v[i] for v in extra.values())))
     if len(images):
         save_png(out_dir / "grid.png", class_grid(images, labels, grid_per_class))
     csv_path = out_dir / "synthetic.csv"
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "seed"])
+        writer.writerow(["path", "label", "seed", *extra])
         writer.writerows(rows)
     return csv_path

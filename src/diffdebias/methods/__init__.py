@@ -7,11 +7,13 @@ from collections.abc import Callable
 from .baselines import BASELINES
 from .common import Context, Trained
 from .ddb import run_ddb
+from .diffinject import run_diffinject
 from .erm import run_erm
 
 METHODS: dict[str, Callable[[Context], Trained]] = {
     "erm": run_erm,
     "ddb": run_ddb,
+    "diffinject": run_diffinject,
     **BASELINES,
 }
 

@@ -6,14 +6,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..classifiers.train import ModelFactory, default_factory, load_classifier, train_classifier
+from ..classifiers.train import ModelFactory, default_factory, load_classifier, predict_logits, train_classifier
 from ..classifiers.weighting import Weighting
 from ..config import Config, TrainConfig, to_dict
 from ..data import Splits, dataset_key, load_dataset
 from ..data.base import ImageSet
-from ..runs import Run, Stage, read_json, write_json
+from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
 
 
 @dataclass
@@ -87,3 +88,30 @@ def evaluate_stage(ctx: Context, name: str, model: Trained, splits: tuple[str, .
 
     st = ctx.run.cached(name, {"splits": list(splits)}, compute, (model.key,))
     return read_json(st.path("metrics.json"))
+
+
+@dataclass
+class Scores:
+    """A biased model's signal on the real training set."""
+
+    stage: Stage
+    loss: torch.Tensor  # per-sample cross-entropy
+    pred: torch.Tensor
+
+    @property
+    def key(self) -> str:
+        return self.stage.key
+
+
+def score_stage(ctx: Context, name: str, model: Trained) -> Scores:
+    """Per-sample CE loss and prediction of a (frozen) model on every real training sample."""
+
+    def compute(stage: Stage) -> None:
+        d = ctx.data
+        logits = predict_logits(model.model, d.train.images)
+        loss = torch.nn.functional.cross_entropy(logits, d.train.labels, reduction="none")
+        save_tensors(stage.path("scores.safetensors"), {"loss": loss, "pred": logits.argmax(1)})
+
+    st = ctx.run.cached(name, {}, compute, (model.key,))
+    t, _ = load_tensors(st.path("scores.safetensors"))
+    return Scores(st, t["loss"], t["pred"])

@@ -8,49 +8,20 @@ LfF does) are scored with the same detection rule, to measure the paper's centra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..classifiers.train import predict_logits
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
-from ..config import TrainConfig
-from ..data.base import ImageSet
-from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
-from .common import Context, Trained, evaluate_stage, train_stage
+from ..runs import Stage
+from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .detection import SUPERVISED_RULES, detect, identification
+from .diagnostics import colour_shape_stage
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
-
-
-@dataclass
-class Scores:
-    """A biased model's signal on the real training set."""
-
-    stage: Stage
-    loss: torch.Tensor  # per-sample cross-entropy
-    pred: torch.Tensor
-
-    @property
-    def key(self) -> str:
-        return self.stage.key
-
-
-def score_stage(ctx: Context, name: str, model: Trained) -> Scores:
-    """Per-sample CE loss and prediction of a (frozen) model on every real training sample."""
-
-    def compute(stage: Stage) -> None:
-        d = ctx.data
-        logits = predict_logits(model.model, d.train.images)
-        loss = torch.nn.functional.cross_entropy(logits, d.train.labels, reduction="none")
-        save_tensors(stage.path("scores.safetensors"), {"loss": loss, "pred": logits.argmax(1)})
-
-    st = ctx.run.cached(name, {}, compute, (model.key,))
-    t, _ = load_tensors(st.path("scores.safetensors"))
-    return Scores(st, t["loss"], t["pred"])
 
 
 def detected(ctx: Context, scores: Scores) -> np.ndarray:
@@ -110,30 +81,7 @@ def recipe_config(ctx: Context) -> dict[str, Any]:
 
 def amplification_stage(ctx: Context, syn: Stage) -> dict[str, Any]:
     """Colored MNIST only: bias-aligned fraction and shape fidelity of the synthetic set, beside the real set's."""
-    from ..evaluation.amplification import aligned_fraction, to_grey
-
-    d = ctx.data
-    grey_cfg = TrainConfig(arch="mlp", epochs=5, batch_size=256, lr=1e-3, select="last")
-    grey_train = ImageSet(to_grey(d.train.images), d.train.labels)
-    shape = train_stage(ctx, "shape_classifier", grey_cfg, train=grey_train, valid=None)
-
-    def compute(stage: Stage) -> None:
-        s = load_synthetic(syn)
-        model = shape.model
-
-        def fidelity(images: torch.Tensor, labels: torch.Tensor) -> float:
-            return float((predict_logits(model, to_grey(images)).argmax(1) == labels).double().mean())
-
-        write_json(stage.path("amplification.json"), {
-            "synthetic_aligned_fraction": aligned_fraction(s.images, s.labels),
-            "real_aligned_fraction": aligned_fraction(d.train.images, d.train.labels),
-            "synthetic_shape_fidelity": fidelity(s.images, s.labels),
-            "real_valid_shape_fidelity": fidelity(d.valid.images, d.valid.labels),
-            "synthetic_images": len(s),
-        })
-
-    st = ctx.run.cached("amplification", {}, compute, (syn.key, shape.key))
-    return read_json(st.path("amplification.json"))
+    return colour_shape_stage(ctx, "amplification", lambda: load_synthetic(syn), (syn.key,))
 
 
 def run_ddb(ctx: Context) -> Trained:

@@ -1,0 +1,207 @@
+"""h-space content injection (InjectFusion, the generator DiffInject uses).
+
+A content image and a style image are DDIM-inverted (eta = 0). Generation starts from the style image's inverted
+noise; at the steps with ``t >= t_edit`` the U-Net bottleneck ``h`` (the ``mid_block`` output) is blended towards the
+content image's recorded ``h_c`` by normalised slerp, while the skip connections stay those of the style trajectory.
+The step is Asyrp's asymmetric one: the predicted x0 comes from the injected noise estimate, the direction term from
+the original one. Steps with ``t <= t_boost`` add DDPM-like noise (eta = ``boost_eta``, "quality boosting").
+
+One grid serves inversion and generation: ``round(linspace(0, T - 1, steps))``, as the released code builds it. With
+``steps = 50`` this is the released code's injection grid; its 1,000-step runs add plain DDIM steps between these
+points, which are not reproduced (``docs/results.md`` records the step count of every run).
+
+The U-Net is split at the bottleneck (:func:`encode` / :func:`decode`, the two halves of ``UNet2DModel.forward``), so
+an injection step runs the encoder once and the decoder twice (original and injected ``h``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .sampling import ddim_step, predicted_x0
+
+# ---------------------------------------------------------------------------------------------- the U-Net split
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def check_splittable(model: torch.nn.Module) -> None:
+    """Raise if ``model`` uses a ``UNet2DModel`` feature that :func:`encode`/:func:`decode` do not reproduce."""
+    m = _inner(model)
+    c = m.config
+    if c.get("center_input_sample") or c.get("time_embedding_type", "positional") != "positional" or any(
+        hasattr(b, "skip_conv") for b in [*m.down_blocks, *m.up_blocks]
+    ) or m.mid_block is None:
+        raise ValueError("h-space injection supports UNet2DModel with positional time embeddings, a mid block and "
+                         "no skip-sample blocks (the presets of diffdebias.diffusion.models)")
+
+
+def encode(model: torch.nn.Module, x: torch.Tensor, t: int, class_labels: torch.Tensor | None = None):
+    """The U-Net up to and including ``mid_block``: returns ``(h, skips, emb)``."""
+    m = _inner(model)
+    timesteps = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+    emb = m.time_embedding(m.time_proj(timesteps).to(dtype=m.dtype))
+    if m.class_embedding is not None:
+        if class_labels is None:
+            raise ValueError("this U-Net is class-conditional: give class_labels")
+        emb = emb + m.class_embedding(class_labels).to(dtype=m.dtype)
+    sample = m.conv_in(x)
+    skips = (sample,)
+    for block in m.down_blocks:
+        sample, res = block(hidden_states=sample, temb=emb)
+        skips += res
+    return m.mid_block(sample, emb), skips, emb
+
+
+def decode(model: torch.nn.Module, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor):
+    """The U-Net after ``mid_block``: the noise prediction from bottleneck ``h`` and the encoder's ``skips``."""
+    m = _inner(model)
+    sample = h
+    for block in m.up_blocks:
+        n = len(block.resnets)
+        res, skips = skips[-n:], skips[:-n]
+        sample = block(sample, res, emb)
+    return m.conv_out(m.conv_act(m.conv_norm_out(sample))).float()
+
+
+# ------------------------------------------------------------------------------------------------------- blends
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, gamma: float, eps: float = 1e-7) -> torch.Tensor:
+    """Spherical interpolation per sample (over all of C, H, W): gamma = 0 gives ``a``, gamma = 1 gives ``b``.
+
+    For equal norms the result keeps that norm. The angle's cosine is clamped, so (anti)parallel inputs are safe.
+    """
+    af, bf = a.flatten(1), b.flatten(1)
+    cos = (af * bf).sum(1) / (af.norm(dim=1) * bf.norm(dim=1)).clamp(min=1e-12)
+    theta = cos.clamp(-1 + eps, 1 - eps).acos()
+    s = theta.sin()
+    wa = torch.sin((1 - gamma) * theta) / s
+    wb = torch.sin(gamma * theta) / s
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    return wa.view(shape) * a + wb.view(shape) * b
+
+
+def normalized_slerp(h: torch.Tensor, h_content: torch.Tensor, gamma: float) -> torch.Tensor:
+    """slerp(h, h_c * |h| / |h_c|, gamma): the content's direction at the style's norm, so |result| = |h|."""
+    norm = h.flatten(1).norm(dim=1) / h_content.flatten(1).norm(dim=1).clamp(min=1e-12)
+    return slerp(h, h_content * norm.view(-1, *([1] * (h.ndim - 1))), gamma)
+
+
+def box_mask(box: Sequence[float], height: int, width: int, device=None) -> torch.Tensor:
+    """A (1, 1, H, W) 0/1 mask of the rows [top, bottom) and columns [left, right) given as fractions of h's size."""
+    top, bottom, left, right = box
+    mask = torch.zeros(1, 1, height, width, device=device)
+    rows = slice(math.floor(top * height), math.ceil(bottom * height))
+    cols = slice(math.floor(left * width), math.ceil(right * width))
+    mask[..., rows, cols] = 1
+    return mask
+
+
+def blend(h: torch.Tensor, h_content: torch.Tensor, gamma: float, mask: Sequence[float] | None = None):
+    """The injected bottleneck: normalised slerp everywhere, or (with ``mask``) a plain slerp inside the box only,
+    as the released code's local injection does."""
+    if mask is None:
+        return normalized_slerp(h, h_content, gamma)
+    m = box_mask(mask, h.shape[-2], h.shape[-1], h.device)
+    return slerp(m * h, m * h_content, gamma) + (1 - m) * h
+
+
+# ------------------------------------------------------------------------------------------ inversion, injection
+
+
+def injection_grid(num_train_timesteps: int, steps: int) -> list[int]:
+    """Ascending timesteps round(linspace(0, T - 1, steps)), shared by inversion and generation."""
+    if not 2 <= steps <= num_train_timesteps:
+        raise ValueError(f"injection steps must be in [2, {num_train_timesteps}], got {steps}")
+    return [int(v) for v in torch.linspace(0, num_train_timesteps - 1, steps).round().long()]
+
+
+def _abar(alphas_cumprod: torch.Tensor, t: int) -> float:
+    return 1.0 if t < 0 else float(alphas_cumprod[t])
+
+
+@torch.inference_mode()
+def invert(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    grid: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    record_from: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Deterministic DDIM inversion of ``x0`` (floats in [-1, 1]) along ``grid``; returns ``(x_T, h)``.
+
+    ``h`` maps each timestep ``t >= record_from`` of the grid (all but the last) to the bottleneck of the U-Net
+    evaluated at ``(x_t, t)``; None records nothing.
+    """
+    x = x0.float()
+    recorded: dict[int, torch.Tensor] = {}
+    for i, j in tqdm(list(zip(grid[:-1], grid[1:])), desc="inversion", leave=False, disable=not progress):
+        h, skips, emb = encode(model, x, i)
+        eps = decode(model, h, skips, emb)
+        if record_from is not None and i >= record_from:
+            recorded[i] = h.float()
+        x = ddim_step(x, eps, _abar(alphas_cumprod, i), _abar(alphas_cumprod, j))
+    return x, recorded
+
+
+def nearest_recorded(t: int, recorded: Sequence[int]) -> int:
+    return min(recorded, key=lambda r: (abs(r - t), -r))
+
+
+@torch.inference_mode()
+def inject(
+    model: torch.nn.Module,
+    x_T: torch.Tensor,
+    content_h: dict[int, torch.Tensor],
+    grid: Sequence[int],
+    alphas_cumprod: torch.Tensor,
+    gamma: float,
+    t_edit: int,
+    t_boost: int,
+    boost_eta: float = 1.0,
+    generators: Sequence[torch.Generator] | None = None,
+    mask: Sequence[float] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate from the style's inverted noise ``x_T`` with the content bottleneck blended in; floats in [-1, 1].
+
+    Args:
+        content_h: timestep -> (B, C, h, w) content bottleneck (row i belongs to x_T's row i), recorded by
+            :func:`invert` for at least every grid step >= ``t_edit``; the nearest recorded timestep is used.
+        grid: ascending timesteps (:func:`injection_grid`); generation walks it downwards, ending at alpha-bar 1.
+        gamma: slerp weight of the content (0: pure style reconstruction, 1: the content's direction).
+        t_edit: h is blended at steps with t >= t_edit.
+        t_boost: steps with t <= t_boost use eta = ``boost_eta`` (noise from ``generators``, one per row).
+        mask: optional (top, bottom, left, right) box of h, as fractions, for local injection.
+    """
+    x = x_T.float()
+    steps = list(reversed(grid))
+    keys = sorted(content_h)
+    for k, i in enumerate(tqdm(steps, desc="injection", leave=False, disable=not progress)):
+        j = steps[k + 1] if k + 1 < len(steps) else -1
+        abar_t, abar_prev = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
+        h, skips, emb = encode(model, x, i)
+        eps = decode(model, h, skips, emb)
+        x0 = None
+        if i >= t_edit and gamma > 0:
+            if not keys:
+                raise ValueError(f"inject: no content h recorded for t >= t_edit ({t_edit})")
+            h_c = content_h[nearest_recorded(i, keys)].to(h.device, h.dtype)
+            x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask), skips, emb), abar_t)
+        eta = boost_eta if i <= t_boost else 0.0
+        noise = None
+        if eta > 0 and j >= 0:
+            if generators is None:
+                raise ValueError("inject: quality boosting (eta > 0) needs one generator per image")
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x.device)
+        x = ddim_step(x, eps, abar_t, abar_prev, eta, noise, x0=x0)
+    return x

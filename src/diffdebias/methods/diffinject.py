@@ -1,0 +1,251 @@
+"""DiffInject: inject the content of the few samples a biased classifier gets wrong into other training images
+through the h-space of an unconditional, P2-weighted diffusion model, then train on real + synthetic data.
+
+Stages: biased_classifier (GCE, the ``amplifier`` section) -> biased_scores -> content pool (top-K CE per class) ->
+injection_diffusion (``diffusion`` section, on the general dataset) -> content_h (inverted content bottlenecks) ->
+injection (style inversion + injected generation, in resumable chunks) -> classifier on real + synthetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ..config import load_config
+from ..data.base import ImageSet
+from ..devices import accelerator
+from ..runs import Stage, load_tensors, save_tensors
+from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
+from .diagnostics import colour_shape_stage
+from .generation import UNET, diffusion_stage
+
+INJECTED = "injected.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------- content pool
+
+
+def top_k_per_class(loss: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest-loss samples of every class (fewer where a class is smaller), sorted."""
+    chosen = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        chosen.append(idx[loss[idx].argsort(descending=True)[:k]])
+    return torch.cat(chosen).sort().values
+
+
+def ranking_scores(ctx: Context) -> Scores:
+    """The per-sample losses that rank the content pool: the GCE classifier's (paper) or a DDB amplifier's."""
+    di = ctx.cfg.diffinject
+    if di.content_source == "gce":
+        return score_stage(ctx, "biased_scores", train_stage(ctx, "biased_classifier", ctx.cfg.amplifier))
+    from .ddb import synthetic_amplifier
+
+    ddb_cfg = load_config(di.ddb_config, seed=ctx.cfg.seed, device=ctx.cfg.device)
+    ddb_cfg.data = ctx.cfg.data
+    amp, _, _ = synthetic_amplifier(Context(ddb_cfg, ctx.run))
+    return score_stage(ctx, "amplifier_scores", amp)
+
+
+def purity(data: ImageSet, index: torch.Tensor) -> dict[str, Any]:
+    """How many of the chosen samples are truly bias-conflicting (needs bias labels)."""
+    if not data.has_bias:
+        return {"pool": len(index)}
+    conflicting = int((data.labels[index] != data.bias[index]).sum())
+    return {"pool": len(index), "truly_conflicting": conflicting, "purity": conflicting / max(len(index), 1)}
+
+
+# ---------------------------------------------------------------------------------------------- general dataset
+
+
+def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
+    """The diffusion model's training data and its cache key: the biased training set, or grey MNIST (3 channels)."""
+    d = ctx.data
+    if ctx.cfg.diffinject.general_data == "train":
+        return d.train, ctx.data_key
+    from ..data.mnist import load_mnist
+
+    mnist = load_mnist(ctx.cfg.data.mnist_path)
+    images = mnist.train_images[:, None].expand(-1, d.channels, -1, -1).contiguous()
+    if images.shape[-1] != d.image_size:
+        raise ValueError(f"diffinject.general_data=mnist gives {images.shape[-1]} px images, but the dataset has "
+                         f"{d.image_size} px: use general_data=train")
+    key = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
+    return ImageSet(images, mnist.train_labels), f"mnist-grey{d.channels}-{key}"
+
+
+# ---------------------------------------------------------------------------------------------------- injection
+
+
+def to_unit(images: torch.Tensor, device) -> torch.Tensor:
+    """uint8 -> floats in [-1, 1] on ``device``."""
+    return images.to(device).float() / 127.5 - 1
+
+
+def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(style, content) training indices, labels and per-image seeds of every synthetic image."""
+    from ..diffusion.sampling import draw_seeds
+
+    di, d = ctx.cfg.diffinject, ctx.data
+    outside = torch.ones(len(d.train), dtype=torch.bool)
+    outside[pool] = False
+    if di.style_pool == "aligned":
+        if not d.train.has_bias:
+            raise ValueError("diffinject.style_pool=aligned needs bias labels; this dataset has none (use all)")
+        styles = (d.train.aligned_mask() & outside).nonzero().flatten()
+    else:
+        styles = outside.nonzero().flatten()
+    n = max(1, round(di.synthetic_ratio * len(styles)))
+    g = stage.generator("pairs")
+    style = styles[torch.randint(len(styles), (n,), generator=g)]
+    content = pool[torch.randint(len(pool), (n,), generator=g)]
+    labels = d.train.labels[style if di.label_source == "style" else content]
+    return {"style": style, "content": content, "labels": labels, "seeds": draw_seeds(g, n)}
+
+
+def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: tuple[str, ...],
+                    chunk: int = 1024) -> Stage:
+    """Invert the content pool once (its h cached in ``content_h.safetensors``), then for each chunk of pairs invert
+    the style images and generate with the content injected; chunks are saved as they finish."""
+    icfg, dcfg = ctx.cfg.injection, ctx.cfg.diffusion
+    icfg.validate()
+
+    def compute(stage: Stage) -> None:
+        from ..diffusion import load_unet, write_synthetic_dataset
+        from ..diffusion.injection import check_splittable, inject, injection_grid, invert
+        from ..diffusion.schedule import alphas_cumprod
+
+        d = ctx.data
+        device = accelerator(ctx.cfg.device).device
+        model = load_unet(diffusion.path(UNET)).to(device)
+        check_splittable(model)
+        abar = alphas_cumprod(dcfg).double()
+        grid = injection_grid(dcfg.num_train_timesteps, icfg.steps)
+        bs = icfg.batch_size
+
+        h_path = stage.path("content_h.safetensors")
+        if h_path.exists():
+            content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
+        else:
+            stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
+            parts = [invert(model, to_unit(d.train.images[pool[s:s + bs]], device), grid, abar, icfg.t_edit)[1]
+                     for s in range(0, len(pool), bs)]
+            content_h = {t: torch.cat([p[t].cpu() for p in parts]) for t in parts[0]}
+            save_tensors(h_path, {str(t): v for t, v in content_h.items()})
+        position = torch.full((len(d.train),), -1, dtype=torch.long)
+        position[pool] = torch.arange(len(pool))
+
+        pairs = draw_pairs(ctx, stage, pool)
+        n = len(pairs["style"])
+        stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}")
+        images = []
+        for k, start in enumerate(range(0, n, chunk)):
+            path = stage.path(f"chunk_{k:04d}.safetensors")
+            if path.exists():
+                images.append(load_tensors(path)[0]["images"])
+                continue
+            stop = min(start + chunk, n)
+            stage.log(f"{stage.name}: images {start}-{stop} of {n}")
+            out = []
+            for s in range(start, stop, bs):
+                e = min(s + bs, stop)
+                style, content = pairs["style"][s:e], pairs["content"][s:e]
+                x_T, _ = invert(model, to_unit(d.train.images[style], device), grid, abar)
+                h = {t: v[position[content]] for t, v in content_h.items()}
+                gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
+                x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
+                           gens, icfg.mask)
+                out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+            images.append(torch.cat(out))
+            save_tensors(path, {"images": images[-1]})
+        images = torch.cat(images)
+        save_tensors(stage.path(INJECTED), {"images": images, **pairs})
+        write_synthetic_dataset(stage.path("images"), images, pairs["labels"], pairs["seeds"],
+                                extra_columns={"style": pairs["style"], "content": pairs["content"]})
+        for k in range(-(-n // chunk)):
+            stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
+
+    key = {"injection": asdict(icfg), "diffinject": asdict(ctx.cfg.diffinject), "pool": pool.tolist()}
+    return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
+
+
+def load_injected(stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
+    t, _ = load_tensors(stage.path(INJECTED))
+    return ImageSet(t["images"], t["labels"]), t
+
+
+def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
+    """The final classifier's training set: every real image, then the synthetic ones (no bias labels for those)."""
+    return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
+
+
+# ---------------------------------------------------------------------------------------------------------- run
+
+
+def run_diffinject(ctx: Context) -> Trained:
+    cfg, d = ctx.cfg, ctx.data
+    scores = ranking_scores(ctx)
+    pool = top_k_per_class(scores.loss, d.train.labels, cfg.diffinject.top_k)
+    general, general_key = general_dataset(ctx)
+    diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
+    inj = injection_stage(ctx, diff, pool, (scores.key,))
+    synthetic, pairs = load_injected(inj)
+    final = train_stage(ctx, "classifier", cfg.classifier, train=with_synthetic(d.train, synthetic),
+                        inputs=(inj.key,))
+
+    metrics: dict[str, Any] = {"content_pool": purity(d.train, pool), "synthetic_images": len(synthetic)}
+    if d.train.has_bias:
+        style_aligned = d.train.aligned_mask()[pairs["style"]]
+        content_conflicting = ~d.train.aligned_mask()[pairs["content"]]
+        metrics["pairs"] = {"style_aligned": float(style_aligned.double().mean()),
+                            "content_conflicting": float(content_conflicting.double().mean())}
+    if cfg.diffinject.compare_erm:
+        metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
+    if cfg.data.name == "cmnist":
+        metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape",
+                                                               lambda: synthetic, (inj.key,))
+    ctx.extras["metrics"] = metrics
+    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
+    return final
+
+
+def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: ImageSet,
+                      pairs: dict[str, torch.Tensor], metrics: dict[str, Any]) -> list[str]:
+    from ..evaluation.diffinject_figures import triples_figure
+
+    cfg, d = ctx.cfg, ctx.data
+    di, ic = cfg.diffinject, cfg.injection
+    out = ["## DiffInject", "",
+           f"Content pool: top {di.top_k} per class by the `{di.content_source}` ranking; styles from "
+           f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
+           f"{ic.steps}-step grid, t_edit {ic.t_edit}, t_boost {ic.t_boost}, gamma {ic.gamma}"
+           f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images.", ""]
+    cp = metrics["content_pool"]
+    if "truly_conflicting" in cp:
+        out += [f"Content pool purity: **{cp['truly_conflicting']} of {cp['pool']}** truly bias-conflicting "
+                f"({100 * cp['purity']:.1f} %).", ""]
+    if "erm" in metrics:
+        e = metrics["erm"]["test"]
+        out += [f"Plain ERM on the real data with the same classifier settings: test unbiased accuracy "
+                f"**{100 * e.get('unbiased_accuracy', float('nan')):.2f}** %.", ""]
+    if "synthetic_colour_shape" in metrics:
+        a = metrics["synthetic_colour_shape"]
+        out += ["### Synthetic images (Colored MNIST)", "",
+                "A bias-conflicting synthetic image has a stroke colour that is NOT its label's majority colour.", "",
+                "| | bias-aligned fraction | shape fidelity |", "|---|---|---|",
+                f"| real training set | {a['real_aligned_fraction']:.4f} | "
+                f"{a['real_valid_shape_fidelity']:.4f} (valid) |",
+                f"| synthetic set ({a['synthetic_images']} images) | {a['synthetic_aligned_fraction']:.4f} | "
+                f"{a['synthetic_shape_fidelity']:.4f} |", ""]
+    figures = ctx.run.root / "figures"
+    triples_figure(d.train.images[pairs["style"][:16]], d.train.images[pairs["content"][:16]],
+                   synthetic.images[:16], figures / "triples.png")
+    out += ["### (style, content, result) triples", "", "![triples](figures/triples.png)", ""]
+    grid = inj.path("images") / "grid.png"
+    if grid.exists():
+        (figures / "synthetic_grid.png").write_bytes(grid.read_bytes())
+        out += ["### Synthetic images by label", "", "![synthetic](figures/synthetic_grid.png)", ""]
+    return out

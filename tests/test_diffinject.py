@@ -1,0 +1,67 @@
+import csv
+import json
+
+import torch
+
+from diffdebias.cli import main
+from diffdebias.methods.diffinject import top_k_per_class
+
+TINY = [
+    "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
+    "--set", "diffusion.checkpoint_every=3", "--set", "injection.steps=4", "--set", "injection.batch_size=64",
+    "--set", "classifier.epochs=2", "--set", "amplifier.epochs=2", "--set", "classifier.batch_size=128",
+]
+
+
+def run(fake_mnist, out, *extra, quiet=True):
+    args = ["run", "configs/cmnist/diffinject.yaml", "--out", str(out), *(["--quiet"] if quiet else []),
+            "--set", f"data.mnist_path={fake_mnist}", "--set", "data.conflict_ratio=0.05", *TINY, *extra]
+    assert main(args) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_top_k_per_class_takes_each_class_highest_losses():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    loss = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3, 0.0])
+    assert top_k_per_class(loss, labels, 2).tolist() == [1, 2, 3, 4, 5]
+    assert top_k_per_class(loss, labels, 1).tolist() == [1, 4, 5]
+
+
+def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_path, fake_mnist, capsys):
+    out = tmp_path / "di"
+    m = run(fake_mnist, out)
+    pool = m["content_pool"]
+    assert pool["pool"] == 100 and 0 <= pool["truly_conflicting"] <= 100
+    assert m["synthetic_images"] == round(0.1 * (1350 - 100))
+    assert 0 <= m["test"]["unbiased_accuracy"] <= 1
+    assert 0 <= m["synthetic_colour_shape"]["synthetic_aligned_fraction"] <= 1
+    assert abs(m["pairs"]["content_conflicting"] - pool["purity"]) < 0.2  # contents drawn uniformly from the pool
+
+    rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
+    assert len(rows) == m["synthetic_images"] and set(rows[0]) == {"path", "label", "seed", "style", "content"}
+    report = (out / "report.md").read_text()
+    assert "## DiffInject" in report and "Content pool purity" in report and (out / "figures" / "triples.png").exists()
+    capsys.readouterr()
+
+    m2 = run(fake_mnist, out, "--set", "diffinject.label_source=content", quiet=False)
+    log = capsys.readouterr().out
+    assert "stage injection_diffusion: done, skipped" in log and "stage injection: running" in log
+    rows2 = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
+    assert [r["content"] for r in rows2] == [r["content"] for r in rows]  # same pairs, other labels
+    assert m2["content_pool"] == pool
+
+
+def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
+    from diffdebias.config import load_config
+    from diffdebias.data import load_dataset
+
+    out = tmp_path / "di"
+    run(fake_mnist, out, "--set", "diffinject.compare_erm=false")
+    cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05"])
+    train = load_dataset(cfg.data).train
+    rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
+    styles = torch.tensor([int(r["style"]) for r in rows])
+    assert torch.equal(torch.tensor([int(r["label"]) for r in rows]), train.labels[styles])
+    # unsupervised style pool: the content pool is excluded, nothing else
+    contents = {int(r["content"]) for r in rows}
+    assert not contents & set(styles.tolist())
