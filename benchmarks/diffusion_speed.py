@@ -285,10 +285,11 @@ def main() -> None:
                                            for _ in range(args.rounds))
 
     base_t, base_s = train[base_t_name], samp[base_s_name]
-    print("\ntraining (images/s, fp32 unless stated):")
+    auto = resolve_precision("auto", device)
+    print(f"\ntraining (images/s; the example runs fp32, ours precision auto -> {auto} unless stated):")
     for k, v in train.items():
         print(f"  {k:<46} {v:8.1f}   x{v / base_t:.2f}")
-    print("sampling (image-steps/s, DDIM, guidance 1 = one pass per step):")
+    print(f"sampling (image-steps/s, DDIM, guidance 1 = one pass per step; ours {auto} unless stated):")
     for k, v in samp.items():
         print(f"  {k:<46} {v:8.1f}   x{v / base_s:.2f}")
     print(f"train_speedup={train['ours (defaults)'] / base_t:.2f} "

@@ -74,3 +74,13 @@ def test_amplification_diagnostic_reads_colours_and_shapes():
     g = to_grey(coloured)
     assert g.shape == (10, 1, 28, 28) and int(g.amax()) == 255
     assert np.allclose(g[:, 0, 10, 13].numpy(), 255)  # every colour stretched to the same shape
+
+
+def test_diagnostic_ignores_a_flat_grey_background():
+    grey = torch.zeros(10, 28, 28, dtype=torch.uint8)
+    grey[:, 5:20, 12:15] = 255
+    labels = torch.arange(10)
+    coloured = (COLORS[labels][:, :, None, None] * grey[:, None].float()).round().to(torch.uint8)
+    noisy_bg = torch.where(grey[:, None] == 0, torch.full_like(coloured, 40), coloured)  # a grey background
+    assert aligned_fraction(noisy_bg, labels) == 1.0
+    assert torch.equal(to_grey(noisy_bg) > 0, to_grey(coloured) > 0)
