@@ -65,3 +65,18 @@ def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     # unsupervised style pool: the content pool is excluded, nothing else
     contents = {int(r["content"]) for r in rows}
     assert not contents & set(styles.tolist())
+
+
+def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):
+    from pathlib import Path
+
+    ddb_cfg = tmp_path / "ddb_tiny.yaml"
+    ddb_cfg.write_text(f"base: {Path('configs/cmnist/ddb.yaml').resolve()}\n"
+                       "diffusion: {preset: tiny, steps: 6, batch_size: 16, checkpoint_every: 3}\n"
+                       "sampling: {per_class: 6, steps: 3}\namplifier: {epochs: 2}\n")
+    out = tmp_path / "di"
+    m = run(fake_mnist, out, "--set", "diffinject.content_source=ddb", "--set", f"diffinject.ddb_config={ddb_cfg}",
+            "--set", "diffinject.compare_erm=false")
+    assert m["content_pool"]["pool"] == 100
+    assert (out / "amplifier" / "DONE").exists() and not (out / "biased_classifier").exists()
+    assert "by the `ddb` ranking" in (out / "report.md").read_text()
