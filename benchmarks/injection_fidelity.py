@@ -28,6 +28,7 @@ def main() -> None:
     from diffdebias.data import load_dataset
     from diffdebias.diffusion import load_unet
     from diffdebias.diffusion.injection import inject, injection_grid, invert
+    from diffdebias.diffusion.sampling import to_uint8
     from diffdebias.diffusion.schedule import alphas_cumprod
     from diffdebias.evaluation.amplification import nearest_color, stroke_colors, to_grey
     from diffdebias.runs import Stage
@@ -48,7 +49,7 @@ def main() -> None:
         for t_boost in (-1, cfg.injection.t_boost):
             gens = [torch.Generator().manual_seed(i) for i in range(len(idx))]
             back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens)
-            u8 = ((back.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            u8 = to_uint8(back)
             digit = float((predict_logits(shape, to_grey(u8)).argmax(1) == labels).double().mean())
             kept = float((nearest_color(stroke_colors(u8)) == colour).double().mean())
             print(f"grid {steps:4d}  boosting {'on ' if t_boost >= 0 else 'off'}  mean abs error "

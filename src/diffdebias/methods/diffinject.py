@@ -116,6 +116,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
         from ..diffusion.injection import check_splittable, inject, injection_grid, invert
+        from ..diffusion.sampling import to_uint8
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
@@ -158,7 +159,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
                            gens, icfg.mask)
-                out.append(((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+                out.append(to_uint8(x).cpu())
             images.append(torch.cat(out))
             save_tensors(path, {"images": images[-1]})
         images = torch.cat(images)
