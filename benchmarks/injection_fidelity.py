@@ -24,24 +24,25 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdebias.classifiers.train import load_classifier, predict_logits
-    from diffdebias.config import TrainConfig, load_config
+    from diffdebias.config import load_config
     from diffdebias.data import load_dataset
     from diffdebias.diffusion import load_unet
     from diffdebias.diffusion.injection import inject, injection_grid, invert
-    from diffdebias.diffusion.sampling import to_uint8
+    from diffdebias.diffusion.sampling import to_uint8, to_unit
     from diffdebias.diffusion.schedule import alphas_cumprod
     from diffdebias.evaluation.amplification import nearest_color, stroke_colors, to_grey
+    from diffdebias.methods.diagnostics import SHAPE_CLASSIFIER
     from diffdebias.runs import Stage
 
     cfg = load_config(args.run / "config.yaml")
     train = load_dataset(cfg.data).train
     shape = load_classifier(Stage("shape_classifier", args.run / "shape_classifier", "", seed=0, log=print),
-                            TrainConfig(arch="mlp", epochs=5, batch_size=256, lr=1e-3, select="last"))
+                            SHAPE_CLASSIFIER)
     model = load_unet(args.run / "injection_diffusion" / "unet.safetensors")
     abar = alphas_cumprod(cfg.diffusion).double()
     idx = torch.linspace(0, len(train) - 1, args.images).long()
     images, labels = train.images[idx], train.labels[idx]
-    x0 = images.float() / 127.5 - 1
+    x0 = to_unit(images)
     colour = nearest_color(stroke_colors(images))
     for steps in args.steps:
         grid = injection_grid(cfg.diffusion.num_train_timesteps, steps)

@@ -47,18 +47,19 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdebias.classifiers.train import load_classifier, predict_logits
-    from diffdebias.config import TrainConfig, load_config
+    from diffdebias.config import load_config
     from diffdebias.devices import accelerator
     from diffdebias.diffusion import load_unet, sample
     from diffdebias.diffusion.sampling import class_grid, class_labels, save_png
     from diffdebias.evaluation.amplification import aligned_fraction, to_grey
+    from diffdebias.methods.diagnostics import SHAPE_CLASSIFIER
     from diffdebias.runs import Stage
 
     cfg = load_config(args.run / "config.yaml")
     device = accelerator(cfg.device).device
     model = load_unet(args.run / "diffusion" / "unet.safetensors")
     shape_stage = Stage("shape_classifier", args.run / "shape_classifier", "", seed=0, log=lambda m: None)
-    shape = load_classifier(shape_stage, TrainConfig(arch="mlp", epochs=5, batch_size=256, lr=1e-3, select="last"))
+    shape = load_classifier(shape_stage, SHAPE_CLASSIFIER)
     labels = class_labels(model.config.num_class_embeds - 1, args.per_class)
     out = args.out or args.run / "sampler_quality"
     out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,10 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert [r["content"] for r in rows2] == [r["content"] for r in rows]  # same pairs, other labels
     assert m2["content_pool"] == pool
 
+    run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+        quiet=False)
+    assert "stage injection: done, skipped" in capsys.readouterr().out  # the report's ERM does not shape the images
+
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     from diffdebias.config import load_config

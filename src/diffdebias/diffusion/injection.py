@@ -22,19 +22,15 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .models import unwrap
 from .sampling import ddim_step, predicted_x0
 
 # ---------------------------------------------------------------------------------------------- the U-Net split
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 def check_splittable(model: torch.nn.Module) -> None:
     """Raise if ``model`` uses a ``UNet2DModel`` feature that :func:`encode`/:func:`decode` do not reproduce."""
-    m = _inner(model)
+    m = unwrap(model)
     c = m.config
     if c.get("center_input_sample") or c.get("time_embedding_type", "positional") != "positional" or any(
         hasattr(b, "skip_conv") for b in [*m.down_blocks, *m.up_blocks]
@@ -45,7 +41,7 @@ def check_splittable(model: torch.nn.Module) -> None:
 
 def encode(model: torch.nn.Module, x: torch.Tensor, t: int, class_labels: torch.Tensor | None = None):
     """The U-Net up to and including ``mid_block``: returns ``(h, skips, emb)``."""
-    m = _inner(model)
+    m = unwrap(model)
     timesteps = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
     emb = m.time_embedding(m.time_proj(timesteps).to(dtype=m.dtype))
     if m.class_embedding is not None:
@@ -62,7 +58,7 @@ def encode(model: torch.nn.Module, x: torch.Tensor, t: int, class_labels: torch.
 
 def decode(model: torch.nn.Module, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor):
     """The U-Net after ``mid_block``: the noise prediction from bottleneck ``h`` and the encoder's ``skips``."""
-    m = _inner(model)
+    m = unwrap(model)
     sample = h
     for block in m.up_blocks:
         n = len(block.resnets)

@@ -61,10 +61,14 @@ def model_num_classes(model: torch.nn.Module) -> int | None:
     return None if n is None else int(n) - 1
 
 
-def _config(model: torch.nn.Module) -> dict[str, Any]:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``UNet2DModel`` inside a torch.compile and/or DDP wrapper."""
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    model = getattr(model, "module", model)  # DDP wrapper
-    return dict(model.config)
+    return getattr(model, "module", model)  # DDP wrapper
+
+
+def _config(model: torch.nn.Module) -> dict[str, Any]:
+    return dict(unwrap(model).config)
 
 
 def preset_levels(preset: str, image_size: int) -> int:
@@ -176,8 +180,7 @@ def autocast(precision: str, device: torch.device | str):
 
 def save_unet(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any] | None = None) -> None:
     """Save weights as safetensors with the diffusers model config (and ``meta``) in the header."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
+    inner = unwrap(model)
     header = {"unet_config": _jsonable(dict(inner.config)), **(meta or {})}
     save_tensors(path, inner.state_dict(), header)
 

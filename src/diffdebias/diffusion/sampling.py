@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..runs import atomic_path
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
-from .models import autocast, model_num_classes, null_label, resolve_precision
+from .models import autocast, model_num_classes, null_label, resolve_precision, unwrap
 from .schedule import alphas_cumprod, timestep_grid
 
 # ------------------------------------------------------------------------------------------------- update rules
@@ -161,6 +161,11 @@ def draw_seeds(generator: torch.Generator, n: int) -> torch.Tensor:
     return torch.randint(0, 2**62, (n,), generator=generator, dtype=torch.int64)
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[0, 255] uint8 -> [-1, 1] floats (the diffusion models' data range)."""
+    return images.float() / 127.5 - 1
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] floats -> [0, 255] uint8."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -259,9 +264,7 @@ def sample(
 
 
 def model_config(model: torch.nn.Module) -> dict:
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    return dict(inner.config)
+    return dict(unwrap(model).config)
 
 
 def class_labels(num_classes: int, per_class: int) -> torch.Tensor:

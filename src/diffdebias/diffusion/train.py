@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..runs import Stage, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .models import autocast, load_unet, model_num_classes, null_label, resolve_precision, save_unet
-from .sampling import class_grid, make_grid_image, sample, save_png
+from .sampling import class_grid, make_grid_image, sample, save_png, to_unit
 from .schedule import alphas_cumprod, p2_weights
 
 __all__ = ["train_diffusion", "load_unet", "ema_decay_at", "lr_at"]
@@ -190,7 +190,7 @@ def train_diffusion(
             i = idx[sl].to(device)
             t = t_all[sl].to(device)
             noise = noise_all[sl].to(device)
-            x0 = data[i].float().div_(127.5).sub_(1.0)
+            x0 = to_unit(data[i])
             if cfg.random_flip:
                 x0 = torch.where(flip_all[sl].to(device)[:, None, None, None], x0.flip(-1), x0)
             x_t = sqrt_abar[t][:, None, None, None] * x0 + sqrt_1m_abar[t][:, None, None, None] * noise

@@ -13,15 +13,16 @@ from ..data.base import ImageSet
 from ..runs import Stage, read_json, write_json
 from .common import Context, Trained, train_stage
 
+SHAPE_CLASSIFIER = TrainConfig(arch="mlp", epochs=5, batch_size=256, lr=1e-3, select="last")
+
 
 def shape_classifier(ctx: Context) -> Trained:
-    """A digit classifier trained on the real training images made grey (colour removed), 5 epochs."""
+    """A digit classifier (:data:`SHAPE_CLASSIFIER`) trained on the real training images made grey (no colour)."""
     from ..evaluation.amplification import to_grey
 
     d = ctx.data
-    grey_cfg = TrainConfig(arch="mlp", epochs=5, batch_size=256, lr=1e-3, select="last")
-    return train_stage(ctx, "shape_classifier", grey_cfg, train=ImageSet(to_grey(d.train.images), d.train.labels),
-                       valid=None)
+    return train_stage(ctx, "shape_classifier", SHAPE_CLASSIFIER,
+                       train=ImageSet(to_grey(d.train.images), d.train.labels), valid=None)
 
 
 def colour_shape_stage(

@@ -80,11 +80,6 @@ def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
 # ---------------------------------------------------------------------------------------------------- injection
 
 
-def to_unit(images: torch.Tensor, device) -> torch.Tensor:
-    """uint8 -> floats in [-1, 1] on ``device``."""
-    return images.to(device).float() / 127.5 - 1
-
-
 def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torch.Tensor]:
     """(style, content) training indices, labels and per-image seeds of every synthetic image."""
     from ..diffusion.sampling import draw_seeds
@@ -116,7 +111,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
         from ..diffusion.injection import check_splittable, inject, injection_grid, invert
-        from ..diffusion.sampling import to_uint8
+        from ..diffusion.sampling import to_uint8, to_unit
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
@@ -132,7 +127,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
         else:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
-            parts = [invert(model, to_unit(d.train.images[pool[s:s + bs]], device), grid, abar, icfg.t_edit)[1]
+            parts = [invert(model, to_unit(d.train.images[pool[s:s + bs]].to(device)), grid, abar, icfg.t_edit)[1]
                      for s in range(0, len(pool), bs)]
             content_h = {t: torch.cat([p[t].cpu() for p in parts]) for t in parts[0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
@@ -154,7 +149,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             for s in range(start, stop, bs):
                 e = min(s + bs, stop)
                 style, content = pairs["style"][s:e], pairs["content"][s:e]
-                x_T, _ = invert(model, to_unit(d.train.images[style], device), grid, abar)
+                x_T, _ = invert(model, to_unit(d.train.images[style].to(device)), grid, abar)
                 h = {t: v[position[content]] for t, v in content_h.items()}
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
@@ -169,7 +164,9 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         for k in range(-(-n // chunk)):
             stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
 
-    key = {"injection": asdict(icfg), "diffinject": asdict(ctx.cfg.diffinject), "pool": pool.tolist()}
+    di = ctx.cfg.diffinject  # only what shapes the pairs; the pool and the diffusion model are inputs of their own
+    key = {"injection": asdict(icfg), "pool": pool.tolist(),
+           "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool", "label_source")}}
     return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
 
 
