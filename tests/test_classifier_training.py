@@ -107,3 +107,14 @@ def test_select_valid_needs_valid(tmp_path):
     run = Run(tmp_path, seed=0, quiet=True)
     with pytest.raises(ValueError, match="select=last"):
         run.cached("clf", {}, lambda s: train_classifier(s, toy_set(), TrainConfig(epochs=1), 3, None))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "mlp16"])
+def test_input_scale_multiplies_the_inputs(arch):
+    torch.manual_seed(0)
+    plain = build_classifier(arch, 10, (3, 28, 28))
+    scaled = build_classifier(arch, 10, (3, 28, 28), input_scale=1 / 255)
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 28, 28)
+    assert torch.allclose(scaled(x), plain(x / 255), atol=1e-6)
+    assert not torch.allclose(scaled(x), plain(x), atol=1e-3)

@@ -33,3 +33,15 @@ def test_unknown_key_in_file_is_named(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  conflict_ratoi: 0.01\n")
     with pytest.raises(ConfigError, match="data.conflict_ratoi"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_added_fields_enter_stage_keys_only_when_set():
+    from dataclasses import replace
+
+    from diffdebias.config import GroupDROConfig, TrainConfig, key_dict, to_dict
+
+    cfg = TrainConfig()
+    assert "input_scale" in to_dict(cfg) and "input_scale" not in key_dict(cfg)
+    assert key_dict(replace(cfg, input_scale=0.5))["input_scale"] == 0.5
+    assert key_dict(replace(cfg, lr=0.5))["lr"] == 0.5  # ordinary fields always count
+    assert "reweight" not in key_dict(GroupDROConfig()) and key_dict(GroupDROConfig(reweight=True))["reweight"]

@@ -84,3 +84,33 @@ def test_diagnostic_ignores_a_flat_grey_background():
     noisy_bg = torch.where(grey[:, None] == 0, torch.full_like(coloured, 40), coloured)  # a grey background
     assert aligned_fraction(noisy_bg, labels) == 1.0
     assert torch.equal(to_grey(noisy_bg) > 0, to_grey(coloured) > 0)
+
+
+def test_valid_selection_on_pseudo_groups_needs_no_bias_labels(tmp_path, fake_mnist):
+    from diffdebias.classifiers.models import build_classifier
+    from diffdebias.classifiers.train import evaluate
+    from diffdebias.config import load_config
+    from diffdebias.data import load_dataset
+    from diffdebias.data.base import ImageSet
+    from diffdebias.methods.detection import pseudo_group_bias
+    from diffdebias.runs import load_tensors
+
+    out = tmp_path / "ddb"
+    m = run_ddb(tmp_path, fake_mnist, out, "--set", "classifier.select=valid", "--set", "classifier.epochs=3",
+                "--set", "classifier.lr=0.00003",  # far from converged, so the group metrics differ
+                "--set", "classifier.select_metric=unbiased_accuracy", "--set", "detection.rule=error_set")
+    history = json.loads((out / "classifier" / "history.json").read_text())
+    selected = json.loads((out / "classifier" / "selection.json").read_text())
+    assert selected["epoch"] == max(range(3), key=lambda e: history[e]["valid"]["unbiased_accuracy"])
+
+    # the valid groups are (label x the amplifier's error set on valid), not the true colours
+    valid = load_dataset(load_config(out / "config.yaml").data).valid
+    scores, _ = load_tensors(out / "amplifier_valid_scores" / "scores.safetensors")
+    assert len(scores["loss"]) == len(valid) == m["valid"]["size"]
+    groups = ImageSet(valid.images, valid.labels, pseudo_group_bias(valid.labels, scores["pred"] != valid.labels, 10))
+    weights, _ = load_tensors(out / "classifier" / "model.safetensors")
+    model = build_classifier("mlp", 10, (3, 28, 28))
+    model.load_state_dict(weights)
+    pseudo = evaluate(model, groups, 10, 10)["unbiased_accuracy"]
+    assert pseudo == history[selected["epoch"]]["valid"]["unbiased_accuracy"]
+    assert pseudo != m["valid"]["unbiased_accuracy"]  # the true-colour metric of the same model differs

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from diffdebias.methods.detection import DetectionConfig, detect, otsu_threshold
 
@@ -53,3 +54,29 @@ def test_otsu_threshold_between_modes():
     values = np.r_[np.full(100, 1.0), np.full(30, 5.0)]
     t = otsu_threshold(values)
     assert 1.0 <= t < 5.0
+
+
+def test_pseudo_group_bias_makes_group_metrics_average_the_2c_groups():
+    from diffdebias.evaluation.metrics import accuracy_metrics
+    from diffdebias.methods.detection import pseudo_group_bias
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    flagged = torch.tensor([False, False, True, False, True, False, True, True])
+    bias = pseudo_group_bias(labels, flagged, 3)
+    assert bias.tolist() == [0, 0, 1, 1, 2, 2, 0, 0]
+    preds = torch.tensor([0, 1, 0, 1, 0, 2, 2, 1])  # group accuracies: (0,a) 1/2, (0,c) 1, (1,a) 1, (1,c) 0,
+    m = accuracy_metrics(preds, labels, bias, 3, 3)  # (2,a) 1, (2,c) 1/2
+    assert m["unbiased_accuracy"] == pytest.approx((0.5 + 1 + 1 + 0 + 1 + 0.5) / 6)
+    assert m["conflicting_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert m["worst_group_accuracy"] == 0.0
+
+
+def test_mixture_split_is_one_cut_even_when_the_high_mode_is_narrow():
+    from diffdebias.methods.detection import mixture_split
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 2, 5000), rng.normal(8, 0.2, 500), np.full(10, 14.0)])
+    flagged = mixture_split(values)
+    assert flagged[-10:].all()  # the far tail is the most conflicting, not aligned
+    assert flagged[5000:5500].mean() > 0.99 and flagged[:5000].mean() < 0.02
+    assert values[flagged].min() > values[~flagged].max()

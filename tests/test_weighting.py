@@ -76,3 +76,19 @@ def test_lff_weights_against_hand_computation():
     plain = FixedBiasLossWeights(bias_loss, labels, ema=False, normalize=False)
     plain.loss(ld, batch([0, 1, 2, 3], [0, 0, 1, 1]))
     assert torch.allclose(plain.last_weights, bias_loss / (bias_loss + ld + 1e-8))
+
+
+def test_group_dro_reweight_is_importance_weighting():
+    groups = torch.tensor([0] * 6 + [1] * 2)  # frequencies 3/4 and 1/4
+    w = GroupDRO(groups, eta=0.0, balanced=False, reweight=True)
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    out = w.loss(losses, batch([0, 1, 6], [0] * 3))
+    weights = torch.tensor([4 / 3, 4 / 3, 4.0]) * 0.5  # q_g / (n_g / N) with q = 1/2
+    assert math.isclose(float(out), float((weights * losses).sum() / weights.sum()), rel_tol=1e-6)
+    assert torch.equal(w.order(8, 0, torch.Generator().manual_seed(0)).sort().values, torch.arange(8))
+    try:
+        GroupDRO(groups, balanced=True, reweight=True)
+    except ValueError as e:
+        assert "groupdro.balanced=false" in str(e)
+    else:
+        raise AssertionError("balanced sampling with reweighting must be refused")

@@ -23,6 +23,11 @@ class ConfigError(ValueError):
 from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
 
 
+def added(default: Any) -> Any:
+    """A config field added after stages were cached: it enters stage keys only when set to something else."""
+    return field(default=default, metadata={"added": True})
+
+
 @dataclass
 class DataConfig:
     name: str = "cmnist"  # cmnist | csv
@@ -57,6 +62,8 @@ class TrainConfig:
     select_metric: str = "accuracy"  # metric of the valid split used by select=valid
     eval_every: int = 1  # epochs between valid evaluations (and checkpoints)
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    input_scale: float = added(1.0)  # multiplies the [0, 1] inputs; 1/255 reproduces DisEnt's and BiasEnsemble's
+    #                                  released code, which divides by 255 twice
 
 
 @dataclass
@@ -74,6 +81,8 @@ class GroupDROConfig:
     eta: float = 0.01  # step size of the exponentiated group weights (Group-DRO code default)
     adjustment: float = 0.0  # generalisation adjustment C in L_g + C / sqrt(n_g) (Group-DRO default 0)
     balanced: bool = True  # group-balanced sampling with replacement (--reweight_groups in the Group-DRO scripts)
+    reweight: bool = added(False)  # instead of balanced sampling: uniform sampling, each loss weighted q_g / (n_g / N)
+    #                         (importance weights; with eta 0 the inverse-group-frequency upweighting baseline)
 
 
 @dataclass
@@ -330,6 +339,16 @@ def validate(cfg: Config) -> Config:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def key_dict(cfg: Any) -> dict[str, Any]:
+    """A config section as a stage key: :func:`to_dict` without :func:`added` fields left at their default, so a new
+    option does not invalidate every cached stage."""
+    out = to_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("added") and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 def dump_yaml(cfg: Any) -> str:

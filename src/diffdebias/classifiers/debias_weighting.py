@@ -161,10 +161,11 @@ class DisEntModel(nn.Module):
     forward in ``last_features`` for the :class:`DisEnt` weighting (DisEnt's code grabs them with a forward hook).
     """
 
-    def __init__(self, arch: str, num_classes: int, image_shape: tuple[int, int, int], pretrained: bool = False):
+    def __init__(self, arch: str, num_classes: int, image_shape: tuple[int, int, int], pretrained: bool = False,
+                 input_scale: float = 1.0):
         super().__init__()
-        self.model_i = build_classifier(arch, num_classes, image_shape, pretrained)
-        self.model_b = build_classifier(arch, num_classes, image_shape, pretrained)
+        self.model_i = build_classifier(arch, num_classes, image_shape, pretrained, input_scale)
+        self.model_b = build_classifier(arch, num_classes, image_shape, pretrained, input_scale)
         d = self.model_i.feature_dim
         self.model_i.head = nn.Linear(2 * d, num_classes)
         self.model_b.head = nn.Linear(2 * d, num_classes)
@@ -188,7 +189,7 @@ class DisEntModel(nn.Module):
 
 def disent_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> DisEntModel:
     """Model factory for ``train_classifier(build_model=...)``: DisEnt's pair of ``cfg.arch`` networks."""
-    return DisEntModel(cfg.arch, num_classes, tuple(image_shape), cfg.pretrained)
+    return DisEntModel(cfg.arch, num_classes, tuple(image_shape), cfg.pretrained, cfg.input_scale)
 
 
 class DisEnt(Weighting):

@@ -1,7 +1,8 @@
 """Classifiers: the LfF/DisEnt MLPs and torchvision ResNets, each split into an encoder and a linear head.
 
 The split lets methods read features (DisEnt swaps them, amplifiers embed with them) without touching the model code.
-Inputs are float images in [0, 1]; pretrained ResNets normalise with ImageNet statistics inside.
+Inputs are float images in [0, 1], multiplied by ``input_scale`` first (1/255 reproduces the DisEnt/BiasEnsemble
+code's double division); pretrained ResNets normalise with ImageNet statistics inside.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar")
 
 
 class Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, feature_dim: int, num_classes: int, normalize: bool = False):
+    def __init__(self, encoder: nn.Module, feature_dim: int, num_classes: int, normalize: bool = False,
+                 input_scale: float = 1.0):
         super().__init__()
+        self.input_scale = input_scale
         self.encoder = encoder
         self.head = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
@@ -23,6 +26,8 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         if self.normalize:
             x = (x - self.mean) / self.std
         return self.encoder(x)
@@ -54,13 +59,14 @@ def _resnet(arch: str, pretrained: bool) -> tuple[nn.Module, int]:
     return net, dim
 
 
-def build_classifier(arch: str, num_classes: int, image_shape: tuple[int, int, int], pretrained: bool = False):
+def build_classifier(arch: str, num_classes: int, image_shape: tuple[int, int, int], pretrained: bool = False,
+                     input_scale: float = 1.0):
     """``image_shape`` is (C, H, W) of the inputs."""
     c, h, w = image_shape
     if arch == "mlp":
-        return Classifier(_mlp(c * h * w, (100, 100, 100)), 100, num_classes)
+        return Classifier(_mlp(c * h * w, (100, 100, 100)), 100, num_classes, input_scale=input_scale)
     if arch == "mlp16":
-        return Classifier(_mlp(c * h * w, (100, 100, 16)), 16, num_classes)
+        return Classifier(_mlp(c * h * w, (100, 100, 16)), 16, num_classes, input_scale=input_scale)
     if arch in ("resnet18", "resnet50", "resnet18_cifar"):
         if c != 3:
             raise ValueError(f"classifier.arch={arch} needs 3-channel images, got {c}")
@@ -70,5 +76,5 @@ def build_classifier(arch: str, num_classes: int, image_shape: tuple[int, int, i
             encoder, dim = _resnet(arch, pretrained)
         except Exception as e:  # weights not in the local cache and no internet
             raise RuntimeError(f"could not load ImageNet weights for {arch} (classifier.pretrained=true): {e}") from e
-        return Classifier(encoder, dim, num_classes, normalize=pretrained)
+        return Classifier(encoder, dim, num_classes, normalize=pretrained, input_scale=input_scale)
     raise ValueError(f"unknown classifier.arch '{arch}' (known: {', '.join(ARCHS)})")

@@ -81,7 +81,7 @@ ModelFactory = Callable[[TrainConfig, int, tuple[int, int, int]], nn.Module]
 
 
 def default_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
-    return build_classifier(cfg.arch, num_classes, image_shape, cfg.pretrained)
+    return build_classifier(cfg.arch, num_classes, image_shape, cfg.pretrained, cfg.input_scale)
 
 
 def load_classifier(stage: Stage, cfg: TrainConfig, build_model: ModelFactory = default_factory) -> nn.Module:

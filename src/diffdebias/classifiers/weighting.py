@@ -60,17 +60,29 @@ class GroupDRO(Weighting):
     """Group-DRO (Sagawa et al.): exponentiated-gradient weights ``q_g`` over groups, loss ``sum_g q_g L_g``.
 
     Each step: ``q_g <- q_g exp(eta (L_g + C / sqrt(n_g)))``, renormalised; ``L_g`` is the batch mean loss of group
-    g (0 when absent). ``balanced`` draws each epoch with group-balanced replacement sampling.
+    g (0 when absent). ``balanced`` draws each epoch with group-balanced replacement sampling. ``reweight`` keeps
+    uniform sampling and weighs each sample's loss by ``q_g / (n_g / N)``, normalised over the batch: the same
+    objective in expectation, but each epoch visits every sample once instead of re-drawing the small groups ~G/N x
+    their share, which the MLP memorises (docs/results.md).
     """
 
-    def __init__(self, groups: torch.Tensor, eta: float = 0.01, adjustment: float = 0.0, balanced: bool = True):
+    def __init__(self, groups: torch.Tensor, eta: float = 0.01, adjustment: float = 0.0, balanced: bool = True,
+                 reweight: bool = False):
+        if balanced and reweight:
+            raise ValueError("groupdro.reweight weighs a uniformly sampled batch: set groupdro.balanced=false with it")
         self.groups = groups.long()
         self.num_groups = int(groups.max()) + 1
         self.counts = torch.bincount(self.groups, minlength=self.num_groups).double()
         self.eta = eta
         self.adjustment = adjustment
         self.balanced = balanced
+        self.reweight = reweight
         self.q = torch.full((self.num_groups,), 1.0 / self.num_groups, dtype=torch.double)
+
+    @classmethod
+    def from_config(cls, groups: torch.Tensor, cfg: Any) -> GroupDRO:
+        """From a ``groupdro`` config section (eta, adjustment, balanced, reweight)."""
+        return cls(groups, eta=cfg.eta, adjustment=cfg.adjustment, balanced=cfg.balanced, reweight=cfg.reweight)
 
     def order(self, n: int, epoch: int, generator: torch.Generator) -> torch.Tensor:
         return balanced_order(self.groups, generator) if self.balanced else super().order(n, epoch, generator)
@@ -91,6 +103,9 @@ class GroupDRO(Weighting):
         g = self.groups[batch.index].to(losses.device)
         per_group = self.group_losses(losses, g)
         self.update(per_group)
+        if self.reweight:
+            w = (self.q / (self.counts / self.counts.sum()).clamp(min=1e-12)).to(losses.device, losses.dtype)[g]
+            return (w * losses).sum() / w.sum()
         return (self.q.to(losses.device, losses.dtype) * per_group).sum()
 
     def state_dict(self) -> dict[str, Any]:

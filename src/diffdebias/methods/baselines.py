@@ -23,7 +23,7 @@ from ..classifiers.debias_weighting import (
 from ..classifiers.losses import cross_entropy
 from ..classifiers.train import predict_logits
 from ..classifiers.weighting import GroupDRO
-from ..config import TrainConfig, to_dict
+from ..config import TrainConfig, key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, train_stage
@@ -114,8 +114,8 @@ def run_gdro(ctx: Context) -> Trained:
     c, d = ctx.cfg, ctx.data
     groups = true_groups(d.train, d.num_bias)
     g = c.groupdro
-    w = GroupDRO(groups, eta=g.eta, adjustment=g.adjustment, balanced=g.balanced)
-    return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": to_dict(g)})
+    w = GroupDRO.from_config(groups, g)
+    return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": key_dict(g)})
 
 
 # ------------------------------------------------------------------------------------------------------- DisEnt

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..classifiers.train import ModelFactory, default_factory, load_classifier, predict_logits, train_classifier
 from ..classifiers.weighting import Weighting
-from ..config import Config, TrainConfig, to_dict
+from ..config import Config, TrainConfig, key_dict
 from ..data import Splits, dataset_key, load_dataset
 from ..data.base import ImageSet
 from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
@@ -73,7 +73,7 @@ def train_stage(
                          d.valid if valid == "real" else valid, d.num_bias, weighting=weighting,
                          build_model=build_model)
 
-    stage = ctx.run.cached(name, {"train": to_dict(cfg), "extra": extra_config}, compute, (ctx.data_key, *inputs))
+    stage = ctx.run.cached(name, {"train": key_dict(cfg), "extra": extra_config}, compute, (ctx.data_key, *inputs))
     return Trained(stage, cfg, ctx, build_model)
 
 
@@ -103,15 +103,15 @@ class Scores:
         return self.stage.key
 
 
-def score_stage(ctx: Context, name: str, model: Trained) -> Scores:
-    """Per-sample CE loss and prediction of a (frozen) model on every real training sample."""
+def score_stage(ctx: Context, name: str, model: Trained, split: str = "train") -> Scores:
+    """Per-sample CE loss and prediction of a (frozen) model on every real sample of ``split`` (default train)."""
 
     def compute(stage: Stage) -> None:
-        d = ctx.data
-        logits = predict_logits(model.model, d.train.images)
-        loss = torch.nn.functional.cross_entropy(logits, d.train.labels, reduction="none")
+        part = ctx.data.split(split)
+        logits = predict_logits(model.model, part.images)
+        loss = torch.nn.functional.cross_entropy(logits, part.labels, reduction="none")
         save_tensors(stage.path("scores.safetensors"), {"loss": loss, "pred": logits.argmax(1)})
 
-    st = ctx.run.cached(name, {}, compute, (model.key,))
+    st = ctx.run.cached(name, {} if split == "train" else {"split": split}, compute, (model.key,))
     t, _ = load_tensors(st.path("scores.safetensors"))
     return Scores(st, t["loss"], t["pred"])

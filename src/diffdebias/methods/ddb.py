@@ -15,19 +15,38 @@ import numpy as np
 import torch
 
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
+from ..config import key_dict
+from ..data.base import ImageSet
 from ..runs import Stage
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
-from .detection import SUPERVISED_RULES, detect, identification
+from .detection import SUPERVISED_RULES, detect, identification, pseudo_group_bias
 from .diagnostics import colour_shape_stage
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
 
 
-def detected(ctx: Context, scores: Scores) -> np.ndarray:
+def detected(ctx: Context, scores: Scores, split: str = "train") -> np.ndarray:
+    part = ctx.data.split(split)
+    bias = part.bias.numpy() if part.has_bias else None
+    return detect(ctx.cfg.detection, scores.loss.numpy(), scores.pred.numpy(), part.labels.numpy(), bias)
+
+
+def selection_valid(ctx: Context, amp: Trained) -> tuple[ImageSet | str, tuple[str, ...], dict[str, Any] | None]:
+    """The valid split that selects the recipe's model (and its ERM comparison) when ``classifier.select=valid``.
+
+    Its bias labels are replaced by the pseudo-groups the detection rule finds in it with the same frozen amplifier,
+    so ``select_metric=unbiased_accuracy`` or ``worst_group_accuracy`` needs no true bias label (the oracle rule reads
+    the true ones here too). Returns the split, the stage keys it came from, and the config part it depends on;
+    with ``select=last`` the plain valid split and nothing else.
+    """
+    if ctx.cfg.classifier.select != "valid":
+        return "real", (), None
     d = ctx.data
-    bias = d.train.bias.numpy() if d.train.has_bias else None
-    return detect(ctx.cfg.detection, scores.loss.numpy(), scores.pred.numpy(), d.train.labels.numpy(), bias)
+    scores = score_stage(ctx, "amplifier_valid_scores", amp, split="valid")
+    groups = pseudo_group_bias(d.valid.labels, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes)
+    return ImageSet(d.valid.images, d.valid.labels, groups, d.valid.paths), (scores.key,), {
+        "valid_groups": asdict(ctx.cfg.detection)}
 
 
 def detection_report(ctx: Context, scores: Scores) -> dict[str, Any]:
@@ -60,8 +79,7 @@ def recipe_weighting(ctx: Context, scores: Scores):
     labels = ctx.data.train.labels
     if cfg.ddb.recipe == "groupdro":
         conflicting = torch.from_numpy(detected(ctx, scores)).long()
-        g = cfg.groupdro
-        return GroupDRO(labels * 2 + conflicting, eta=g.eta, adjustment=g.adjustment, balanced=g.balanced)
+        return GroupDRO.from_config(labels * 2 + conflicting, cfg.groupdro)
     if cfg.ddb.recipe == "lff":
         lf = cfg.lff
         return FixedBiasLossWeights(scores.loss, labels, alpha=lf.alpha, ema=lf.ema, normalize=lf.normalize)
@@ -73,7 +91,7 @@ def recipe_config(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     out: dict[str, Any] = {"recipe": cfg.ddb.recipe}
     if cfg.ddb.recipe == "groupdro":
-        out.update(detection=asdict(cfg.detection), groupdro=asdict(cfg.groupdro))
+        out.update(detection=asdict(cfg.detection), groupdro=key_dict(cfg.groupdro))
     else:
         out.update(lff=asdict(cfg.lff))
     return out
@@ -88,8 +106,10 @@ def run_ddb(ctx: Context) -> Trained:
     cfg = ctx.cfg
     amp, diff, syn = synthetic_amplifier(ctx)
     scores = {"synthetic": score_stage(ctx, "amplifier_scores", amp)}
+    valid, valid_inputs, valid_config = selection_valid(ctx, amp)
+    extra = recipe_config(ctx) if valid_config is None else {**recipe_config(ctx), **valid_config}
     final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, scores["synthetic"]),
-                        inputs=(scores["synthetic"].key,), extra_config=recipe_config(ctx))
+                        inputs=(scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
 
     metrics: dict[str, Any] = {"supervised": cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"}
     if cfg.ddb.references:
@@ -100,7 +120,7 @@ def run_ddb(ctx: Context) -> Trained:
         metrics["detection"] = det.pop("synthetic")
         metrics["detection_references"] = det
     if cfg.ddb.compare_erm:
-        erm = train_stage(ctx, "erm", cfg.classifier)
+        erm = train_stage(ctx, "erm", cfg.classifier, inputs=valid_inputs, extra_config=valid_config, valid=valid)
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", erm)
     if cfg.data.name == "cmnist":
         metrics["amplification"] = amplification_stage(ctx, syn)

@@ -7,6 +7,7 @@ value of ``detection.rule``. Scores are losses: higher means more likely conflic
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..config import DetectionConfig
 
@@ -31,14 +32,19 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def mixture_split(values: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Two-component Gaussian mixture; True where the component with the larger mean is more likely."""
+    """Two-component Gaussian mixture, read as one cut: True from the lowest value above the low component's mean
+    where the high-mean component is more likely. (The raw posterior is not monotone: when the high component is the
+    narrower one, the far tail - the most conflicting samples - falls back to the broad low component.)"""
     from sklearn.mixture import GaussianMixture
 
     if len(values) < 4 or np.ptp(values) == 0:
         return np.zeros(len(values), dtype=bool)
     gm = GaussianMixture(2, random_state=seed, n_init=2).fit(values[:, None])
     high = int(np.argmax(gm.means_[:, 0]))
-    return gm.predict_proba(values[:, None])[:, high] > 0.5
+    above = (gm.predict_proba(values[:, None])[:, high] > 0.5) & (values >= gm.means_[1 - high, 0])
+    if not above.any():
+        return above
+    return values >= values[above].min()
 
 
 def detect(cfg: DetectionConfig, loss: np.ndarray, pred: np.ndarray, labels: np.ndarray,
@@ -74,6 +80,14 @@ def detect(cfg: DetectionConfig, loss: np.ndarray, pred: np.ndarray, labels: np.
         idx = labels == c
         out[idx] = split(loss[idx])
     return out
+
+
+def pseudo_group_bias(labels: torch.Tensor, conflicting: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Bias labels that encode the groups (label x aligned/conflicting): the label itself where aligned, the next class
+    where conflicting. With them the group metrics (``unbiased_accuracy``, ``worst_group_accuracy``) of a split
+    average over these 2C groups, so a valid split can select a model without true bias labels."""
+    conflicting = torch.as_tensor(conflicting, dtype=torch.bool)
+    return torch.where(conflicting, (labels + 1) % num_classes, labels)
 
 
 def identification(train, score: np.ndarray, predicted: np.ndarray) -> dict:
