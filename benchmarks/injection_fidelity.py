@@ -23,27 +23,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200)
     args = parser.parse_args()
 
-    from diffdebias.classifiers.train import load_classifier, predict_logits
-    from diffdebias.config import load_config
-    from diffdebias.data import load_dataset
-    from diffdebias.diffusion import load_unet
     from diffdebias.diffusion.injection import inject, injection_grid, invert
     from diffdebias.diffusion.sampling import to_uint8, to_unit
-    from diffdebias.diffusion.schedule import alphas_cumprod
-    from diffdebias.evaluation.amplification import nearest_color, stroke_colors, to_grey
-    from diffdebias.methods.diagnostics import SHAPE_CLASSIFIER
-    from diffdebias.runs import Stage
+    from injection_probe import load_probe
 
-    cfg = load_config(args.run / "config.yaml")
-    train = load_dataset(cfg.data).train
-    shape = load_classifier(Stage("shape_classifier", args.run / "shape_classifier", "", seed=0, log=print),
-                            SHAPE_CLASSIFIER)
-    model = load_unet(args.run / "injection_diffusion" / "unet.safetensors")
-    abar = alphas_cumprod(cfg.diffusion).double()
+    p = load_probe(args.run)
+    cfg, train, model, abar = p.cfg, p.train, p.model, p.alphas_cumprod
     idx = torch.linspace(0, len(train) - 1, args.images).long()
     images, labels = train.images[idx], train.labels[idx]
     x0 = to_unit(images)
-    colour = nearest_color(stroke_colors(images))
+    colour = p.colours(images)
     for steps in args.steps:
         grid = injection_grid(cfg.diffusion.num_train_timesteps, steps)
         x_T, h = invert(model, x0, grid, abar, record_from=cfg.injection.t_edit)
@@ -51,8 +40,8 @@ def main() -> None:
             gens = [torch.Generator().manual_seed(i) for i in range(len(idx))]
             back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens)
             u8 = to_uint8(back)
-            digit = float((predict_logits(shape, to_grey(u8)).argmax(1) == labels).double().mean())
-            kept = float((nearest_color(stroke_colors(u8)) == colour).double().mean())
+            digit = float((p.digits(u8) == labels).double().mean())
+            kept = float((p.colours(u8) == colour).double().mean())
             print(f"grid {steps:4d}  boosting {'on ' if t_boost >= 0 else 'off'}  mean abs error "
                   f"{float((back - x0).abs().mean()):.3f}  digit kept {digit:.3f}  colour kept {kept:.3f}", flush=True)
 

@@ -38,21 +38,21 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert abs(m["pairs"]["content_conflicting"] - pool["purity"]) < 0.2  # contents drawn uniformly from the pool
 
     rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
-    assert len(rows) == m["synthetic_images"] and set(rows[0]) == {"path", "label", "seed", "style", "content"}
+    assert len(rows) == m["synthetic_images"]
+    assert set(rows[0]) == {"path", "label", "seed", "style", "content", "content_label"}
     report = (out / "report.md").read_text()
     assert "## DiffInject" in report and "Content pool purity" in report and (out / "figures" / "triples.png").exists()
     capsys.readouterr()
 
     m2 = run(fake_mnist, out, "--set", "diffinject.label_source=content", quiet=False)
     log = capsys.readouterr().out
-    assert "stage injection_diffusion: done, skipped" in log and "stage injection: running" in log
-    rows2 = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
-    assert [r["content"] for r in rows2] == [r["content"] for r in rows]  # same pairs, other labels
-    assert m2["content_pool"] == pool
+    assert "stage injection: done, skipped" in log and "stage classifier: running" in log  # same images, new labels
+    assert m2["content_pool"] == pool and m2["test"] != m["test"]
 
     run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
         quiet=False)
-    assert "stage injection: done, skipped" in capsys.readouterr().out  # the report's ERM does not shape the images
+    log = capsys.readouterr().out  # the report's ERM shapes neither the images nor the classifier
+    assert "stage injection: done, skipped" in log and "stage classifier: done, skipped" in log
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
@@ -66,6 +66,18 @@ def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
     styles = torch.tensor([int(r["style"]) for r in rows])
     assert torch.equal(torch.tensor([int(r["label"]) for r in rows]), train.labels[styles])
+    contents_t = torch.tensor([int(r["content"]) for r in rows])
+    assert torch.equal(torch.tensor([int(r["content_label"]) for r in rows]), train.labels[contents_t])
+    from diffdebias.methods.common import Context
+    from diffdebias.methods.diffinject import load_injected
+    from diffdebias.runs import Run, Stage
+
+    stage = Stage("injection", out / "injection", key="", seed=0)
+    for source, index in (("style", styles), ("content", contents_t)):
+        c = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05",
+                                                            f"diffinject.label_source={source}"])
+        synthetic, _ = load_injected(Context(c, Run(tmp_path / "probe", seed=0, quiet=True)), stage)
+        assert torch.equal(synthetic.labels, train.labels[index])
     # unsupervised style pool: the content pool is excluded, nothing else
     contents = {int(r["content"]) for r in rows}
     assert not contents & set(styles.tolist())

@@ -81,7 +81,8 @@ def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
 
 
 def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(style, content) training indices, labels and per-image seeds of every synthetic image."""
+    """(style, content) training indices and per-image seeds of every synthetic image; the label is chosen later
+    (:func:`load_injected`), so switching ``diffinject.label_source`` reuses the images."""
     from ..diffusion.sampling import draw_seeds
 
     di, d = ctx.cfg.diffinject, ctx.data
@@ -97,8 +98,7 @@ def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torc
     g = stage.generator("pairs")
     style = styles[torch.randint(len(styles), (n,), generator=g)]
     content = pool[torch.randint(len(pool), (n,), generator=g)]
-    labels = d.train.labels[style if di.label_source == "style" else content]
-    return {"style": style, "content": content, "labels": labels, "seeds": draw_seeds(g, n)}
+    return {"style": style, "content": content, "seeds": draw_seeds(g, n)}
 
 
 def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: tuple[str, ...],
@@ -159,20 +159,26 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             save_tensors(path, {"images": images[-1]})
         images = torch.cat(images)
         save_tensors(stage.path(INJECTED), {"images": images, **pairs})
-        write_synthetic_dataset(stage.path("images"), images, pairs["labels"], pairs["seeds"],
-                                extra_columns={"style": pairs["style"], "content": pairs["content"]})
+        labels = d.train.labels  # the CSV's label is the style image's; content_label is the other choice
+        write_synthetic_dataset(stage.path("images"), images, labels[pairs["style"]], pairs["seeds"],
+                                extra_columns={"style": pairs["style"], "content": pairs["content"],
+                                               "content_label": labels[pairs["content"]]})
         for k in range(-(-n // chunk)):
             stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
 
     di = ctx.cfg.diffinject  # only what shapes the pairs; the pool and the diffusion model are inputs of their own
     key = {"injection": asdict(icfg), "pool": pool.tolist(),
-           "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool", "label_source")}}
+           "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}}
     return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
 
 
-def load_injected(stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
+def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
+    """The synthetic images, labelled by the style or the content image (``diffinject.label_source``)."""
     t, _ = load_tensors(stage.path(INJECTED))
-    return ImageSet(t["images"], t["labels"]), t
+    source = ctx.cfg.diffinject.label_source
+    if source not in ("style", "content"):
+        raise ValueError(f"diffinject.label_source must be 'style' or 'content', got '{source}'")
+    return ImageSet(t["images"], ctx.data.train.labels[t[source]]), t
 
 
 def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
@@ -190,9 +196,9 @@ def run_diffinject(ctx: Context) -> Trained:
     general, general_key = general_dataset(ctx)
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
     inj = injection_stage(ctx, diff, pool, (scores.key,))
-    synthetic, pairs = load_injected(inj)
+    synthetic, pairs = load_injected(ctx, inj)
     final = train_stage(ctx, "classifier", cfg.classifier, train=with_synthetic(d.train, synthetic),
-                        inputs=(inj.key,))
+                        inputs=(inj.key,), extra_config={"label_source": cfg.diffinject.label_source})
 
     metrics: dict[str, Any] = {"content_pool": purity(d.train, pool), "synthetic_images": len(synthetic)}
     if d.train.has_bias:

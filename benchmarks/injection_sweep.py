@@ -1,0 +1,64 @@
+"""Which injection settings turn (style, content) pairs into bias-conflicting images of the style's class?
+
+Takes the first ``--pairs`` (style, content) pairs of a finished DiffInject run on Colored MNIST, inverts the styles
+and the contents once on a ``--steps`` grid, then generates every (gamma, t_edit) setting and reads each image's
+digit (the run's grey shape classifier) and stroke colour. Columns: the style's digit kept; the content's colour
+transferred; *useful*, the share that is the style's digit in a colour other than its class's (a bias-conflicting
+sample with the right label, what the final classifier needs). Probe settings here before a 20-minute full run.
+
+    python benchmarks/injection_sweep.py runs/di/s50-r03-s1 --gamma 0.1 0.3 0.5 --t-edit 200 400 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a finished DiffInject run directory on Colored MNIST")
+    parser.add_argument("--gamma", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    parser.add_argument("--t-edit", type=int, nargs="+", default=[200, 400, 600])
+    parser.add_argument("--steps", type=int, default=50, help="inversion / generation grid size")
+    parser.add_argument("--pairs", type=int, default=128)
+    args = parser.parse_args()
+
+    from diffdebias.diffusion.injection import inject, injection_grid, invert
+    from diffdebias.diffusion.sampling import to_uint8, to_unit
+    from diffdebias.runs import load_tensors
+    from injection_probe import load_probe
+
+    p = load_probe(args.run)
+    pairs, _ = load_tensors(args.run / "injection" / "injected.safetensors")
+    style, content = pairs["style"][: args.pairs], pairs["content"][: args.pairs]
+    label = p.train.labels[style]
+    content_colour = p.colours(p.train.images[content])
+    grid = injection_grid(p.cfg.diffusion.num_train_timesteps, args.steps)
+    t0 = time.time()
+    x_T, _ = invert(p.model, to_unit(p.train.images[style]), grid, p.alphas_cumprod)
+    _, h = invert(p.model, to_unit(p.train.images[content]), grid, p.alphas_cumprod, record_from=min(args.t_edit))
+    print(f"{len(style)} pairs, {args.steps}-point grid, inversions {time.time() - t0:.0f} s", flush=True)
+    print("gamma  t_edit  style digit kept  content colour  useful  seconds")
+    best = (-1.0, None)
+    for t_edit in args.t_edit:
+        for gamma in args.gamma:
+            t0 = time.time()
+            gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
+            u8 = to_uint8(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit, p.cfg.injection.t_boost,
+                                 p.cfg.injection.boost_eta, gens))
+            digit, colour = p.digits(u8), p.colours(u8)
+            kept = float((digit == label).double().mean())
+            moved = float((colour == content_colour).double().mean())
+            useful = float(((digit == label) & (colour != label)).double().mean())
+            best = max(best, (useful, (gamma, t_edit)))
+            print(f"{gamma:5.2f}  {t_edit:6d}  {kept:16.3f}  {moved:14.3f}  {useful:6.3f}  {time.time() - t0:7.0f}",
+                  flush=True)
+    print(f"best useful={best[0]:.3f} gamma={best[1][0]} t_edit={best[1][1]}")
+
+
+if __name__ == "__main__":
+    main()
