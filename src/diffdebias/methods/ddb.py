@@ -79,6 +79,11 @@ def recipe_weighting(ctx: Context, scores: Scores):
     labels = ctx.data.train.labels
     if cfg.ddb.recipe == "groupdro":
         conflicting = torch.from_numpy(detected(ctx, scores)).long()
+        share = float(conflicting.double().mean())
+        if share > 0.5:
+            ctx.run.log(f"warning: detection.rule={cfg.detection.rule} flags {share:.0%} of the training set as "
+                        "bias-conflicting, so the pseudo-groups are nearly the classes; a minority this large is "
+                        "degenerate: try detection.rule=error_set or quantile")
         return GroupDRO.from_config(labels * 2 + conflicting, cfg.groupdro)
     if cfg.ddb.recipe == "lff":
         lf = cfg.lff
