@@ -24,6 +24,7 @@ from .diagnostics import colour_shape_stage
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
+GROUP_METRICS = ("unbiased_accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy")
 
 
 def detected(ctx: Context, scores: Scores, split: str = "train") -> np.ndarray:
@@ -38,9 +39,10 @@ def selection_valid(ctx: Context, amp: Trained) -> tuple[ImageSet | str, tuple[s
     Its bias labels are replaced by the pseudo-groups the detection rule finds in it with the same frozen amplifier,
     so ``select_metric=unbiased_accuracy`` or ``worst_group_accuracy`` needs no true bias label (the oracle rule reads
     the true ones here too). Returns the split, the stage keys it came from, and the config part it depends on;
-    with ``select=last`` the plain valid split and nothing else.
+    with ``select=last`` or a metric that reads no group (``accuracy``) the plain valid split and nothing else.
     """
-    if ctx.cfg.classifier.select != "valid":
+    c = ctx.cfg.classifier
+    if c.select != "valid" or c.select_metric not in GROUP_METRICS:
         return "real", (), None
     d = ctx.data
     scores = score_stage(ctx, "amplifier_valid_scores", amp, split="valid")
