@@ -69,6 +69,8 @@ def test_pseudo_group_bias_makes_group_metrics_average_the_2c_groups():
     assert m["unbiased_accuracy"] == pytest.approx((0.5 + 1 + 1 + 0 + 1 + 0.5) / 6)
     assert m["conflicting_accuracy"] == pytest.approx((1 + 0 + 0.5) / 3)
     assert m["worst_group_accuracy"] == 0.0
+    # a dataset whose true bias has fewer values than classes still evaluates its pseudo-groups
+    assert accuracy_metrics(preds, labels, bias, 3, 2)["unbiased_accuracy"] == m["unbiased_accuracy"]
 
 
 def test_mixture_split_is_one_cut_even_when_the_high_mode_is_narrow():

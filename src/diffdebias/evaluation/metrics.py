@@ -31,7 +31,7 @@ def accuracy_metrics(
     if bias is None or not (bias >= 0).all():
         return out
     num_classes = num_classes or int(labels.max()) + 1
-    num_bias = num_bias or int(bias.max()) + 1
+    num_bias = max(num_bias or 0, int(bias.max()) + 1)  # pseudo-group bias labels may exceed the true range
     count, correct = group_table(preds, labels, bias, num_classes, num_bias)
     present = count > 0
     acc = torch.where(present, correct.double() / count.clamp(min=1), torch.zeros((), dtype=torch.double))
