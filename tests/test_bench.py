@@ -24,10 +24,10 @@ def make_table(tmp_path, methods=("erm", "lff"), ratios=(0.01, 0.05), seeds=(1, 
     return load_table(path)
 
 
-def fake_run(table, method, ratio, seed, unbiased, aligned=0.9, conflicting=0.2, seconds=(1.0, 2.0)):
+def fake_run(table, method, ratio, seed, unbiased, aligned=0.9, conflicting=0.2, seconds=(1.0, 2.0), **extra):
     write_json(table.run_dir(method, ratio, seed) / "metrics.json", {
         "test": {"unbiased_accuracy": unbiased, "aligned_accuracy": aligned, "conflicting_accuracy": conflicting},
-        "stage_seconds": {f"s{i}": s for i, s in enumerate(seconds)},
+        "stage_seconds": {f"s{i}": s for i, s in enumerate(seconds)}, **extra,
     })
 
 
@@ -63,6 +63,16 @@ def test_collect_and_render_mean_std_by_hand(tmp_path):
     assert text["csv"].splitlines()[0].startswith("method,ratio,seeds,unbiased_accuracy")
     out = write_tables(table)
     assert out.read_text() == md and (tmp_path / "tables" / "t.png").exists()
+
+
+def test_methods_that_read_bias_labels_are_marked_supervised(tmp_path):
+    table = make_table(tmp_path, methods=("erm", "gdro"), ratios=(0.01,), seeds=(1,))
+    fake_run(table, "erm", 0.01, 1, 0.30)
+    fake_run(table, "gdro", 0.01, 1, 0.60, supervised=True)
+    text = render(table, collect(table))
+    assert "| gdro (*supervised*) | 60.00 ± 0.00 | — |" in text["md"]
+    assert "| Vanilla | 30.00 ± 0.00 | 32.59 |" in text["md"]
+    assert "gdro (supervised) & 60.00 $\\pm$ 0.00" in text["tex"]
 
 
 def test_shard_takes_every_nth_cell(tmp_path, monkeypatch):

@@ -107,3 +107,38 @@ def test_build_rejects_bad_ratio(fake_mnist):
     m = load_pkl_gz(fake_mnist)
     with pytest.raises(ValueError, match="conflict_ratio"):
         build_cmnist(m, 1.5, 0.1, 0.005, 0)
+
+
+def test_valid_split_colours_a_random_subset_and_keeps_the_rest(fake_mnist):
+    from diffdebias.data import dataset_key, train_key
+
+    m = load_pkl_gz(fake_mnist)
+    ordered = build_cmnist(m, 0.2, 0.2, 0.005, 0, valid_bias_order="dataset")
+    shuffled = build_cmnist(m, 0.2, 0.2, 0.005, 0, valid_bias_order="shuffled")
+    # training and test splits, and the valid split's images and per-class colour counts, are the same
+    for name in ("train", "test"):
+        a, b = ordered.split(name), shuffled.split(name)
+        assert torch.equal(a.images, b.images) and torch.equal(a.bias, b.bias)
+    v0, v1 = ordered.valid, shuffled.valid
+    assert torch.equal(v0.labels, v1.labels)
+    for c in range(10):
+        k = v0.labels == c
+        assert torch.equal(torch.bincount(v0.bias[k], minlength=10), torch.bincount(v1.bias[k], minlength=10))
+    # dataset order puts each class's conflicting images at its ends; shuffled order reaches its middle too
+    def middle_conflicting(v):
+        hits = 0
+        for c in range(10):
+            idx = (v.labels == c).nonzero().squeeze(1)
+            mid = idx[len(idx) // 4: 3 * len(idx) // 4]
+            hits += int((v.bias[mid] != c).sum())
+        return hits
+    assert middle_conflicting(v0) == 0 and middle_conflicting(v1) > 0
+    # a conflicting image keeps its stroke colour's jitter: same pixels where the colour is the same
+    same = v0.bias == v1.bias
+    assert torch.equal(v0.images[same], v1.images[same])
+    # the training split's key ignores the valid split's order; the dataset's key does not
+    a = DataConfig(name="cmnist", mnist_path=str(fake_mnist), valid_bias_order="dataset")
+    b = DataConfig(name="cmnist", mnist_path=str(fake_mnist))
+    assert train_key(a) == train_key(b) and dataset_key(a) != dataset_key(b)
+    with pytest.raises(ValueError, match="valid_bias_order"):
+        build_cmnist(m, 0.2, 0.2, 0.005, 0, valid_bias_order="random")

@@ -71,6 +71,9 @@ def test_amplification_diagnostic_reads_colours_and_shapes():
     assert torch.allclose(stroke_colors(coloured), COLORS[labels], atol=0.01)
     assert aligned_fraction(coloured, labels) == 1.0
     assert aligned_fraction(coloured, (labels + 1) % 10) == 0.0
+    # a stroke that never saturates keeps its hue: every palette colour at 40 % brightness still reads as itself
+    dim = (COLORS[labels][:, :, None, None] * grey[:, None].float() * 0.4).to(torch.uint8)
+    assert aligned_fraction(dim, labels) == 1.0
     g = to_grey(coloured)
     assert g.shape == (10, 1, 28, 28) and int(g.amax()) == 255
     assert np.allclose(g[:, 0, 10, 13].numpy(), 255)  # every colour stretched to the same shape

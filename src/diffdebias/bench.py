@@ -109,10 +109,17 @@ def collect(table: Table) -> list[dict[str, Any]]:
                 m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
                 row[metric], row[metric + "_std"] = m, s
             row["seconds"] = mean_std([sum(f.get("stage_seconds", {}).values()) for f in found])[0]
+            row["supervised"] = any(f.get("supervised") for f in found)
             cfg_method = method.split("@")[0]
             row["published"] = published(table.dataset, cfg_method, ratio)
             rows.append(row)
     return rows
+
+
+def _label(method: str, rows: list[dict[str, Any]], supervised_mark: str = " (supervised)") -> str:
+    """The method's name in tables and plots; runs that read bias labels (true groups) are marked as supervised."""
+    name = PUBLISHED_NAMES.get(method, method)
+    return name + supervised_mark if any(r["supervised"] for r in rows if r["method"] == method) else name
 
 
 def _cell(row: dict[str, Any], metric: str) -> str:
@@ -134,14 +141,14 @@ def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
             row = by[(method, r)]
             pub = row["published"]
             cells += [_cell(row, "unbiased_accuracy"), "—" if pub is None else f"{pub:.2f}"]
-        label = PUBLISHED_NAMES.get(method, method)
-        md.append(f"| {label} | " + " | ".join(cells) + " |")
-        tex.append(f"{label} & " + " & ".join(c.replace("±", "$\\pm$").replace("—", "--") for c in cells) + " \\\\")
+        md.append(f"| {_label(method, rows, ' (*supervised*)')} | " + " | ".join(cells) + " |")
+        tex_cells = (c.replace("±", "$\\pm$").replace("—", "--") for c in cells)
+        tex.append(f"{_label(method, rows)} & " + " & ".join(tex_cells) + " \\\\")
     tex.append("\\end{tabular}")
     md += ["", "Aligned / conflicting test accuracy (%), mean ± std; seeds per cell; mean run time (s):", "",
            "| method | ratio | aligned | conflicting | seeds | seconds |", "|---|---|---|---|---|---|"]
     for row in rows:
-        md.append(f"| {PUBLISHED_NAMES.get(row['method'], row['method'])} | {100 * row['ratio']:g} % | "
+        md.append(f"| {_label(row['method'], rows, ' (*supervised*)')} | {100 * row['ratio']:g} % | "
                   f"{_cell(row, 'aligned_accuracy')} | {_cell(row, 'conflicting_accuracy')} | {row['seeds']} | "
                   f"{row['seconds']:.0f} |")
     buf = io.StringIO()
@@ -166,7 +173,7 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
                if r["method"] == method and not math.isnan(r["unbiased_accuracy"])]
         if pts:
             x, y, e = zip(*pts)
-            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=PUBLISHED_NAMES.get(method, method))
+            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=_label(method, rows))
             pub = [(100 * r["ratio"], r["published"]) for r in rows if r["method"] == method and r["published"]]
             if pub:
                 ax.plot(*zip(*pub), linestyle="none", marker="x", markersize=8, color=line[0].get_color())

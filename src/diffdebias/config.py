@@ -40,6 +40,10 @@ class DataConfig:
     valid_fraction: float = 0.1  # share of the training data held out as the (biased) valid split
     test_fraction: float = 0.2  # generic CSV without a split column: share held out as test
     seed: int = 0  # seed of the dataset itself (split, colour jitter): fixed across run seeds
+    valid_bias_order: str = "shuffled"  # CMNIST valid split: which images get the few conflicting colours. shuffled:
+    #   a random subset. dataset: LfF's dataset order, as the training split, which makes them the first and last
+    #   images of each class, near the training split's conflicting ones in MNIST's (not random) order and easy for a
+    #   model that memorised those (a leaky valid set: docs/results.md)
     cache_dir: str | None = None  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or ~/.cache/diffdebias)
 
 
@@ -107,6 +111,9 @@ class JTTConfig:
     #                        JTT's CelebA script uses T=1)
     lambda_up: int = 50  # error-set copies added per epoch, so each error appears 1 + lambda_up times (open: JTT's
     #                      CelebA value, middle of its sweep [20, 50, 100]); -1: JTT's auto int((N-|E|)/|E|) - 1
+    valid_groups: str = added("errors")  # groups of the valid split for classifier.select=valid with a group metric:
+    #   errors: label x misclassified by the stage-1 model (no bias label read); true: label x bias, JTT's protocol
+    #   (supervised: it reads the valid split's bias labels)
 
 
 @dataclass

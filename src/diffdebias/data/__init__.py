@@ -17,7 +17,7 @@ from ..runs import config_hash, file_sha256, load_tensors, save_tensors, write_t
 from .base import ImageSet, Splits
 from .generic import DatasetError, load_csv_dataset
 
-__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "cache_dir", "split_table"]
+__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "train_key", "cache_dir", "split_table"]
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -25,8 +25,8 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(base).expanduser()
 
 
-def _identity(cfg: DataConfig) -> dict:
-    """The config fields (and input checksum) that determine the built tensors."""
+def _train_identity(cfg: DataConfig) -> dict | None:
+    """The config fields that determine the training split alone, where fewer than :func:`_identity`'s."""
     if cfg.name == "cmnist":
         return {
             "name": "cmnist",
@@ -37,6 +37,13 @@ def _identity(cfg: DataConfig) -> dict:
             "mnist_path": cfg.mnist_path,
             "version": 1,
         }
+    return None
+
+
+def _identity(cfg: DataConfig) -> dict:
+    """The config fields (and input checksum) that determine the built tensors."""
+    if cfg.name == "cmnist":
+        return {**_train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
     if cfg.name == "csv":
         if not cfg.csv:
             raise DatasetError("data.name is 'csv' but data.csv (the CSV file) is not set")
@@ -63,7 +70,8 @@ def _build(cfg: DataConfig) -> Splits:
         from .mnist import load_mnist
 
         mnist = load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist")
-        return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed)
+        return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed,
+                            cfg.valid_bias_order)
     return load_csv_dataset(
         cfg.csv, cfg.root, cfg.image_size, 3, cfg.valid_fraction, cfg.test_fraction, cfg.seed
     )
@@ -98,6 +106,13 @@ def _load(path: Path, checksum: str) -> Splits:
 def dataset_key(cfg: DataConfig) -> str:
     """A cheap key of the dataset a config describes: the input key of the first stages."""
     return config_hash(_identity(cfg))
+
+
+def train_key(cfg: DataConfig) -> str:
+    """A key of the training split alone: the input key of stages that read nothing else (diffusion training), so a
+    change to the valid split keeps them cached."""
+    ident = _train_identity(cfg)
+    return dataset_key(cfg) if ident is None else config_hash(ident)
 
 
 def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:

@@ -9,6 +9,7 @@ target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by ev
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -27,7 +28,9 @@ from ..config import TrainConfig, key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, train_stage
-from .detection import identification
+from .detection import GROUP_METRICS, identification, pseudo_group_bias
+
+JTT_VALID_GROUPS = ("errors", "true")
 
 
 def _image_shape(ctx: Context) -> tuple[int, int, int]:
@@ -40,7 +43,7 @@ def _require_ce(cfg: TrainConfig, method: str) -> None:
                          f"got '{cfg.loss}'")
 
 
-def _record(ctx: Context, key: str, value: dict) -> None:
+def _record(ctx: Context, key: str, value: Any) -> None:
     ctx.extras.setdefault("metrics", {})[key] = value
 
 
@@ -93,7 +96,23 @@ def run_jtt(ctx: Context) -> Trained:
     _record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
     return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
-                       extra_config={"jtt": to_dict(j), "copies": copies})
+                       extra_config={"jtt": key_dict(j), "copies": copies}, valid=jtt_selection_valid(ctx, first))
+
+
+def jtt_selection_valid(ctx: Context, first: Trained) -> ImageSet | str:
+    """The valid split that selects JTT's model. With a group metric and ``jtt.valid_groups=errors``, its groups are
+    label x misclassified by the stage-1 model, the same rule that built the error set, so no bias label is read."""
+    c, j = ctx.cfg.classifier, ctx.cfg.jtt
+    if j.valid_groups not in JTT_VALID_GROUPS:
+        raise ValueError(f"jtt.valid_groups must be one of {', '.join(JTT_VALID_GROUPS)}, got '{j.valid_groups}'")
+    if c.select != "valid" or c.select_metric not in GROUP_METRICS:
+        return "real"
+    if j.valid_groups == "true":
+        _record(ctx, "supervised", True)  # selection reads the valid split's bias labels
+        return "real"
+    v = ctx.data.valid
+    wrong = predict_logits(first.model, v.images, precision=c.precision).argmax(1) != v.labels
+    return ImageSet(v.images, v.labels, pseudo_group_bias(v.labels, wrong, ctx.data.num_classes), v.paths)
 
 
 # ---------------------------------------------------------------------------------------------------- Group-DRO
@@ -115,6 +134,7 @@ def run_gdro(ctx: Context) -> Trained:
     groups = true_groups(d.train, d.num_bias)
     g = c.groupdro
     w = GroupDRO.from_config(groups, g)
+    _record(ctx, "supervised", True)
     return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": key_dict(g)})
 
 

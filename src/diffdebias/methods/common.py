@@ -12,7 +12,7 @@ from torch import nn
 from ..classifiers.train import ModelFactory, default_factory, load_classifier, predict_logits, train_classifier
 from ..classifiers.weighting import Weighting
 from ..config import Config, TrainConfig, key_dict
-from ..data import Splits, dataset_key, load_dataset
+from ..data import Splits, dataset_key, load_dataset, train_key
 from ..data.base import ImageSet
 from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
 
@@ -32,6 +32,11 @@ class Context:
     @cached_property
     def data_key(self) -> str:
         return dataset_key(self.cfg.data)
+
+    @cached_property
+    def train_key(self) -> str:
+        """Key of the training split alone, for stages that read nothing else."""
+        return train_key(self.cfg.data)
 
 
 @dataclass
@@ -65,7 +70,11 @@ def train_stage(
 ) -> Trained:
     """Train a classifier as a cached stage. ``train`` defaults to the real training split and ``valid`` to the real
     valid split (None: no valid split); ``inputs`` are the keys of the stages the weighting or the training set came
-    from, so a change upstream retrains this stage."""
+    from, so a change upstream retrains this stage.
+
+    A model kept at its last epoch beside the real valid split never reads that split (it is only logged in the
+    history), so the stage is keyed by the training split alone and a change to the valid split keeps it cached.
+    """
 
     def compute(stage: Stage) -> None:
         d = ctx.data
@@ -73,7 +82,8 @@ def train_stage(
                          d.valid if valid == "real" else valid, d.num_bias, weighting=weighting,
                          build_model=build_model)
 
-    stage = ctx.run.cached(name, {"train": key_dict(cfg), "extra": extra_config}, compute, (ctx.data_key, *inputs))
+    data_key = ctx.train_key if cfg.select == "last" and valid == "real" and train is None else ctx.data_key
+    stage = ctx.run.cached(name, {"train": key_dict(cfg), "extra": extra_config}, compute, (data_key, *inputs))
     return Trained(stage, cfg, ctx, build_model)
 
 

@@ -19,12 +19,11 @@ from ..config import key_dict
 from ..data.base import ImageSet
 from ..runs import Stage
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
-from .detection import SUPERVISED_RULES, detect, identification, pseudo_group_bias
+from .detection import GROUP_METRICS, SUPERVISED_RULES, detect, identification, pseudo_group_bias
 from .diagnostics import colour_shape_stage
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
-GROUP_METRICS = ("unbiased_accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy")
 
 
 def detected(ctx: Context, scores: Scores, split: str = "train") -> np.ndarray:
@@ -60,7 +59,7 @@ def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:
     cfg = ctx.cfg
     d = ctx.data
     diff = diffusion_stage(ctx, "diffusion", cfg.diffusion, d.train, d.num_classes if cfg.diffusion.conditional
-                           else None, (ctx.data_key,))
+                           else None, (ctx.train_key,))
     syn = synthetic_stage(ctx, "synthetic", diff, cfg.sampling, cfg.diffusion, d.num_classes)
     amp = train_stage(ctx, "amplifier", cfg.amplifier, train=load_synthetic(syn), inputs=(syn.key,))
     return amp, diff, syn

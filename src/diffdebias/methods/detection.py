@@ -82,6 +82,9 @@ def detect(cfg: DetectionConfig, loss: np.ndarray, pred: np.ndarray, labels: np.
     return out
 
 
+GROUP_METRICS = ("unbiased_accuracy", "worst_group_accuracy", "aligned_accuracy", "conflicting_accuracy")
+
+
 def pseudo_group_bias(labels: torch.Tensor, conflicting: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Bias labels that encode the groups (label x aligned/conflicting): the label itself where aligned, the next class
     where conflicting. With them the group metrics (``unbiased_accuracy``, ``worst_group_accuracy``) of a split

@@ -49,5 +49,5 @@ def colour_shape_stage(
             "synthetic_images": len(s),
         })
 
-    st = ctx.run.cached(name, {"diagnostic": "background-subtracted"}, compute, (*inputs, shape.key))
+    st = ctx.run.cached(name, {"diagnostic": "background-subtracted, colour by hue"}, compute, (*inputs, shape.key))
     return read_json(st.path(f"{name}.json"))

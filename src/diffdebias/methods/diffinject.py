@@ -65,7 +65,7 @@ def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
     """The diffusion model's training data and its cache key: the biased training set, or grey MNIST (3 channels)."""
     d = ctx.data
     if ctx.cfg.diffinject.general_data == "train":
-        return d.train, ctx.data_key
+        return d.train, ctx.train_key
     from ..data.mnist import load_mnist
 
     mnist = load_mnist(ctx.cfg.data.mnist_path)
