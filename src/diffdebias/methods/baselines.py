@@ -28,7 +28,7 @@ from ..config import TrainConfig, key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, train_stage
-from .detection import GROUP_METRICS, identification, pseudo_group_bias
+from .detection import GROUP_METRICS, identification, with_pseudo_groups
 
 JTT_VALID_GROUPS = ("errors", "true")
 
@@ -112,7 +112,7 @@ def jtt_selection_valid(ctx: Context, first: Trained) -> ImageSet | str:
         return "real"
     v = ctx.data.valid
     wrong = predict_logits(first.model, v.images, precision=c.precision).argmax(1) != v.labels
-    return ImageSet(v.images, v.labels, pseudo_group_bias(v.labels, wrong, ctx.data.num_classes), v.paths)
+    return with_pseudo_groups(v, wrong, ctx.data.num_classes)
 
 
 # ---------------------------------------------------------------------------------------------------- Group-DRO

@@ -19,7 +19,7 @@ from ..config import key_dict
 from ..data.base import ImageSet
 from ..runs import Stage
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
-from .detection import GROUP_METRICS, SUPERVISED_RULES, detect, identification, pseudo_group_bias
+from .detection import GROUP_METRICS, SUPERVISED_RULES, detect, identification, with_pseudo_groups
 from .diagnostics import colour_shape_stage
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
@@ -45,9 +45,8 @@ def selection_valid(ctx: Context, amp: Trained) -> tuple[ImageSet | str, tuple[s
         return "real", (), None
     d = ctx.data
     scores = score_stage(ctx, "amplifier_valid_scores", amp, split="valid")
-    groups = pseudo_group_bias(d.valid.labels, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes)
-    return ImageSet(d.valid.images, d.valid.labels, groups, d.valid.paths), (scores.key,), {
-        "valid_groups": asdict(ctx.cfg.detection)}
+    valid = with_pseudo_groups(d.valid, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes)
+    return valid, (scores.key,), {"valid_groups": asdict(ctx.cfg.detection)}
 
 
 def detection_report(ctx: Context, scores: Scores) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..config import DetectionConfig
+from ..data.base import ImageSet
 
 RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")
 SUPERVISED_RULES = ("oracle",)  # use true bias labels: a ceiling to measure, never a method
@@ -91,6 +92,12 @@ def pseudo_group_bias(labels: torch.Tensor, conflicting: torch.Tensor, num_class
     average over these 2C groups, so a valid split can select a model without true bias labels."""
     conflicting = torch.as_tensor(conflicting, dtype=torch.bool)
     return torch.where(conflicting, (labels + 1) % num_classes, labels)
+
+
+def with_pseudo_groups(split: ImageSet, conflicting: torch.Tensor, num_classes: int) -> ImageSet:
+    """The split with its bias labels replaced by :func:`pseudo_group_bias`: a valid split that selects on groups
+    some rule found, not on true bias labels."""
+    return ImageSet(split.images, split.labels, pseudo_group_bias(split.labels, conflicting, num_classes), split.paths)
 
 
 def identification(train, score: np.ndarray, predicted: np.ndarray) -> dict:
