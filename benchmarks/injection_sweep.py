@@ -7,6 +7,7 @@ transferred; *useful*, the share that is the style's digit in a colour other tha
 sample with the right label, what the final classifier needs). Probe settings here before a 20-minute full run.
 
     python benchmarks/injection_sweep.py runs/di/s50-r03-s1 --gamma 0.1 0.3 0.5 --t-edit 200 400 600
+    python benchmarks/injection_sweep.py runs/di/s50-r03-s1 --blend mean --gamma 0.5 1 --t-edit 200 400
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--t-edit", type=int, nargs="+", default=[200, 400, 600])
     parser.add_argument("--steps", type=int, default=50, help="inversion / generation grid size")
     parser.add_argument("--pairs", type=int, default=128)
+    parser.add_argument("--blend", default="slerp", choices=["slerp", "mean", "adain"], help="injection.blend")
     args = parser.parse_args()
 
     from diffdebias.diffusion.injection import inject, injection_grid, invert
@@ -49,7 +51,7 @@ def main() -> None:
             t0 = time.time()
             gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
             u8 = to_uint8(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit, p.cfg.injection.t_boost,
-                                 p.cfg.injection.boost_eta, gens))
+                                 p.cfg.injection.boost_eta, gens, blend_mode=args.blend))
             digit, colour = p.digits(u8), p.colours(u8)
             kept = float((digit == label).double().mean())
             moved = float((colour == content_colour).double().mean())

@@ -51,6 +51,25 @@ def test_masked_blend_changes_only_the_box():
     assert not torch.allclose(out[..., box], h[..., box])
 
 
+def test_statistics_blends_move_channel_statistics_and_keep_the_layout():
+    g = torch.Generator().manual_seed(0)
+    h, hc = torch.randn(2, 4, 5, 5, generator=g), 3 * torch.randn(2, 4, 5, 5, generator=g) + 2
+    assert torch.equal(inj.blend(h, hc, 0.0, mode="mean"), h)
+    out = inj.blend(h, hc, 1.0, mode="mean")
+    assert torch.allclose(out.mean((2, 3)), hc.mean((2, 3)), atol=1e-5)  # the content's channel means ...
+    assert torch.allclose(out - out.mean((2, 3), keepdim=True), h - h.mean((2, 3), keepdim=True), atol=1e-5)  # h's
+    half = inj.blend(h, hc, 0.5, mode="mean").mean((2, 3))
+    assert torch.allclose(half, (h.mean((2, 3)) + hc.mean((2, 3))) / 2, atol=1e-5)
+    ada = inj.blend(h, hc, 1.0, mode="adain")
+    assert torch.allclose(ada.mean((2, 3)), hc.mean((2, 3)), atol=1e-4)
+    assert torch.allclose(ada.std((2, 3)), hc.std((2, 3)), rtol=1e-3)
+    # per-channel pattern of h kept: correlation 1 with h's, channel by channel
+    z = lambda x: (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)  # noqa: E731
+    assert torch.allclose(z(ada), z(h), atol=1e-3)
+    with pytest.raises(ValueError, match="injection.blend"):
+        inj.blend(h, hc, 0.5, mode="lerp")
+
+
 @pytest.fixture
 def analytic_model(monkeypatch):
     """Replace the U-Net by the exact noise of a one-point data distribution x*: DDIM is then exact."""

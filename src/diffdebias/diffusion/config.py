@@ -16,7 +16,7 @@ U-Net (training and sampling), so ``auto`` means fp32 there (``benchmarks/diffus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PRESETS = ("tiny", "cpu", "paper")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -131,6 +131,8 @@ class InjectionConfig:
     t_edit: int = 400  # h is injected at steps with t >= t_edit (aug_diffstyle.py: 400; scripts: 500)
     t_boost: int = 200  # steps with t <= t_boost are stochastic ("quality boosting")
     boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
+    blend: str = field(default="slerp", metadata={"added": True})  # slerp (the paper) | mean | adain: only h's
+    #   per-channel statistics move to the content's, its spatial layout stays the style's (docs/results.md)
     mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
     batch_size: int = 64  # images per inversion/generation batch (CPU optimum measured ~64; raise it on a GPU)
 
@@ -142,6 +144,7 @@ class InjectionConfig:
             raise DiffusionConfigError(f"injection.gamma must be in [0, 1], got {self.gamma}")
         if not 0 <= self.boost_eta <= 1:
             raise DiffusionConfigError(f"injection.boost_eta must be in [0, 1], got {self.boost_eta}")
+        _choice("injection.blend", self.blend, ("slerp", "mean", "adain"))
         if self.t_boost >= self.t_edit:
             raise DiffusionConfigError(
                 f"injection.t_boost ({self.t_boost}) must be below injection.t_edit ({self.t_edit})")

@@ -101,9 +101,29 @@ def box_mask(box: Sequence[float], height: int, width: int, device=None) -> torc
     return mask
 
 
-def blend(h: torch.Tensor, h_content: torch.Tensor, gamma: float, mask: Sequence[float] | None = None):
-    """The injected bottleneck: normalised slerp everywhere, or (with ``mask``) a plain slerp inside the box only,
-    as the released code's local injection does."""
+def channel_statistics(h: torch.Tensor, h_content: torch.Tensor, gamma: float, std: bool = False) -> torch.Tensor:
+    """Move each channel's spatial mean (and, with ``std``, its spatial spread: AdaIN) of ``h`` towards the content's,
+    keeping the style's spatial pattern: global attributes (a colour) travel, the layout (a digit's shape) stays."""
+    mu, mu_c = h.mean((2, 3), keepdim=True), h_content.mean((2, 3), keepdim=True)
+    target = h - mu + mu_c
+    if std:
+        sd, sd_c = h.std((2, 3), keepdim=True) + 1e-5, h_content.std((2, 3), keepdim=True) + 1e-5
+        target = (h - mu) / sd * sd_c + mu_c
+    return h + gamma * (target - h)
+
+
+BLENDS = ("slerp", "mean", "adain")
+
+
+def blend(h: torch.Tensor, h_content: torch.Tensor, gamma: float, mask: Sequence[float] | None = None,
+          mode: str = "slerp"):
+    """The injected bottleneck. ``slerp`` (the paper): normalised slerp everywhere, or (with ``mask``) a plain slerp
+    inside the box only, as the released code's local injection does. ``mean`` / ``adain``: only the per-channel
+    statistics of h move towards the content's (:func:`channel_statistics`; ``mask`` does not apply)."""
+    if mode not in BLENDS:
+        raise ValueError(f"injection.blend must be one of {', '.join(BLENDS)}; got {mode!r}")
+    if mode != "slerp":
+        return channel_statistics(h, h_content, gamma, std=mode == "adain")
     if mask is None:
         return normalized_slerp(h, h_content, gamma)
     m = box_mask(mask, h.shape[-2], h.shape[-1], h.device)
@@ -167,6 +187,7 @@ def inject(
     generators: Sequence[torch.Generator] | None = None,
     mask: Sequence[float] | None = None,
     progress: bool = False,
+    blend_mode: str = "slerp",
 ) -> torch.Tensor:
     """Generate from the style's inverted noise ``x_T`` with the content bottleneck blended in; floats in [-1, 1].
 
@@ -178,6 +199,7 @@ def inject(
         t_edit: h is blended at steps with t >= t_edit.
         t_boost: steps with t <= t_boost use eta = ``boost_eta`` (noise from ``generators``, one per row).
         mask: optional (top, bottom, left, right) box of h, as fractions, for local injection.
+        blend_mode: how h meets the content's (:func:`blend`): ``slerp`` (the paper), ``mean`` or ``adain``.
     """
     x = x_T.float()
     steps = list(reversed(grid))
@@ -192,7 +214,7 @@ def inject(
             if not keys:
                 raise ValueError(f"inject: no content h recorded for t >= t_edit ({t_edit})")
             h_c = content_h[nearest_recorded(i, keys)].to(h.device, h.dtype)
-            x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask), skips, emb), abar_t)
+            x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask, blend_mode), skips, emb), abar_t)
         eta = boost_eta if i <= t_boost else 0.0
         noise = None
         if eta > 0 and j >= 0:

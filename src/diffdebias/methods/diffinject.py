@@ -9,12 +9,11 @@ injection (style inversion + injected generation, in resumable chunks) -> classi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from ..config import load_config
+from ..config import key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..runs import Stage, load_tensors, save_tensors
@@ -153,7 +152,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 h = {t: v[position[content]] for t, v in content_h.items()}
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
-                           gens, icfg.mask)
+                           gens, icfg.mask, blend_mode=icfg.blend)
                 out.append(to_uint8(x).cpu())
             images.append(torch.cat(out))
             save_tensors(path, {"images": images[-1]})
@@ -167,7 +166,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
 
     di = ctx.cfg.diffinject  # only what shapes the pairs; the pool and the diffusion model are inputs of their own
-    key = {"injection": asdict(icfg), "pool": pool.tolist(),
+    key = {"injection": key_dict(icfg), "pool": pool.tolist(),
            "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}}
     return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
 
@@ -225,7 +224,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     out = ["## DiffInject", "",
            f"Content pool: top {di.top_k} per class by the `{di.content_source}` ranking; styles from "
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
-           f"{ic.steps}-step grid, t_edit {ic.t_edit}, t_boost {ic.t_boost}, gamma {ic.gamma}"
+           f"{ic.steps}-step grid, t_edit {ic.t_edit}, t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images.", ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:
