@@ -101,42 +101,45 @@ def test_jtt_error_set_is_stage_one_mistakes(tmp_path, fake_mnist, monkeypatch):
     assert {"jtt_identify", "jtt_error_set", "jtt"} <= {name for name, skipped in runs if not skipped}
 
 
-def test_jtt_selects_on_valid_groups_from_its_stage_one_errors(tmp_path, fake_mnist, monkeypatch):
+@pytest.mark.parametrize("method, early", [("jtt", "jtt_identify"), ("lff", "early_erm")])
+def test_selection_on_valid_groups_from_an_early_erm_models_errors(tmp_path, fake_mnist, monkeypatch, method, early):
+    """JTT (its stage-1 model) and LfF (an ERM model after lff.error_epochs) select on label x early-ERM errors."""
     from diffdebias.classifiers.train import evaluate, load_classifier
     from diffdebias.data import load_dataset
     from diffdebias.methods.detection import pseudo_group_bias
     from diffdebias.runs import Stage
 
-    monkeypatch.setitem(METHODS, "jtt", BASELINES["jtt"])
-    cfg = tiny(fake_mnist, "jtt")
+    monkeypatch.setitem(METHODS, method, BASELINES[method])
+    cfg = tiny(fake_mnist, method)
     cfg.classifier.epochs, cfg.classifier.lr = 3, 3e-5  # far from converged, so the group metrics differ
     cfg.classifier.select, cfg.classifier.select_metric = "valid", "unbiased_accuracy"
-    out = execute(cfg, tmp_path / "jtt", quiet=True)
+    groups = getattr(cfg, method)  # jtt.valid_groups / lff.valid_groups
+    out = execute(cfg, tmp_path / method, quiet=True)
     valid = load_dataset(cfg.data, log=lambda m: None).valid
-    first = load_classifier(Stage("jtt_identify", out / "jtt_identify", "", cfg.seed), cfg.classifier)
+    first = load_classifier(Stage(early, out / early, "", cfg.seed), cfg.classifier)
     wrong = predict_logits(first, valid.images).argmax(1) != valid.labels
     pseudo = ImageSet(valid.images, valid.labels, pseudo_group_bias(valid.labels, wrong, 10))
-    history = json.loads((out / "jtt" / "history.json").read_text())
-    selected = json.loads((out / "jtt" / "selection.json").read_text())
+    history = json.loads((out / method / "history.json").read_text())
+    selected = json.loads((out / method / "selection.json").read_text())
     assert selected["epoch"] == max(range(3), key=lambda e: history[e]["valid"]["unbiased_accuracy"])
-    final = load_classifier(Stage("jtt", out / "jtt", "", cfg.seed), cfg.classifier)
+    final = load_classifier(Stage(method, out / method, "", cfg.seed), cfg.classifier)
     assert evaluate(final, pseudo, 10, 10)["unbiased_accuracy"] == history[selected["epoch"]]["valid"][
         "unbiased_accuracy"]
-    # JTT's own protocol reads the true valid groups: a different stage, whose history holds the true-group metric
-    cfg.jtt.valid_groups = "true"
-    out2 = execute(cfg, tmp_path / "jtt_true", quiet=True)
-    true_history = json.loads((out2 / "jtt" / "history.json").read_text())
-    true_final = load_classifier(Stage("jtt", out2 / "jtt", "", cfg.seed), cfg.classifier)
-    true_sel = json.loads((out2 / "jtt" / "selection.json").read_text())["epoch"]
+    # the true valid groups (JTT's own protocol): a different stage, whose history holds the true-group metric
+    groups.valid_groups = "true"
+    out2 = execute(cfg, tmp_path / f"{method}_true", quiet=True)
+    true_history = json.loads((out2 / method / "history.json").read_text())
+    true_final = load_classifier(Stage(method, out2 / method, "", cfg.seed), cfg.classifier)
+    true_sel = json.loads((out2 / method / "selection.json").read_text())["epoch"]
     assert read_json(out2 / "metrics.json")["supervised"] is True
     assert "supervised" not in read_json(out / "metrics.json")
     assert evaluate(true_final, valid, 10, 10)["unbiased_accuracy"] == true_history[true_sel]["valid"][
         "unbiased_accuracy"]
     assert [h["valid"]["unbiased_accuracy"] for h in true_history] != [h["valid"]["unbiased_accuracy"]
                                                                      for h in history]
-    cfg.jtt.valid_groups = "random"
+    groups.valid_groups = "random"
     with pytest.raises(ValueError, match="valid_groups"):
-        execute(cfg, tmp_path / "jtt_bad", quiet=True)
+        execute(cfg, tmp_path / f"{method}_bad", quiet=True)
 
 
 def _spy(cached, log):

@@ -95,6 +95,9 @@ class LfFConfig:
     ema: bool = True  # keep the per-sample EMA (DDB Recipe II: open, on by default)
     normalize: bool = True  # class-wise max normalisation (DDB Recipe II: open, on by default)
     q: float = 0.7  # GCE q of the jointly trained biased model (LfF baseline)
+    valid_groups: str = added("errors")  # groups of the valid split for classifier.select=valid with a group metric,
+    #   as jtt.valid_groups: errors (label x misclassified by ERM after error_epochs; no bias label read) | true
+    error_epochs: int = added(1)  # epochs of that ERM model (JTT's T)
 
 
 @dataclass

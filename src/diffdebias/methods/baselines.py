@@ -8,6 +8,7 @@ target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .common import Context, Trained, train_stage
 from .detection import GROUP_METRICS, identification, with_pseudo_groups
 
-JTT_VALID_GROUPS = ("errors", "true")
+VALID_GROUPS = ("errors", "true")
 
 
 def _image_shape(ctx: Context) -> tuple[int, int, int]:
@@ -57,7 +58,10 @@ def run_lff(ctx: Context) -> Trained:
     d = ctx.data
     w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
                  ema=c.lff.ema, normalize=c.lff.normalize)
-    return train_stage(ctx, "lff", c.classifier, weighting=w, extra_config={"lff": to_dict(c.lff)})
+    valid, inputs = selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
+        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last")))
+    return train_stage(ctx, "lff", c.classifier, weighting=w, extra_config={"lff": key_dict(c.lff)}, valid=valid,
+                       inputs=inputs)
 
 
 # ---------------------------------------------------------------------------------------------------------- JTT
@@ -96,23 +100,27 @@ def run_jtt(ctx: Context) -> Trained:
     _record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
     return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
-                       extra_config={"jtt": key_dict(j), "copies": copies}, valid=jtt_selection_valid(ctx, first))
+                       extra_config={"jtt": key_dict(j), "copies": copies},
+                       valid=selection_valid(ctx, j.valid_groups, "jtt.valid_groups", lambda: first)[0])
 
 
-def jtt_selection_valid(ctx: Context, first: Trained) -> ImageSet | str:
-    """The valid split that selects JTT's model. With a group metric and ``jtt.valid_groups=errors``, its groups are
-    label x misclassified by the stage-1 model, the same rule that built the error set, so no bias label is read."""
-    c, j = ctx.cfg.classifier, ctx.cfg.jtt
-    if j.valid_groups not in JTT_VALID_GROUPS:
-        raise ValueError(f"jtt.valid_groups must be one of {', '.join(JTT_VALID_GROUPS)}, got '{j.valid_groups}'")
+def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]
+                    ) -> tuple[ImageSet | str, tuple[str, ...]]:
+    """The valid split that selects a model when ``classifier.select=valid`` uses a group metric, and the keys it
+    depends on. ``errors``: groups are label x misclassified by an ``early`` ERM model (JTT's stage 1: the rule that
+    builds its error set), so no bias label is read; ``true``: the valid split's bias labels (recorded as supervised).
+    """
+    c = ctx.cfg.classifier
+    if groups not in VALID_GROUPS:
+        raise ValueError(f"{field} must be one of {', '.join(VALID_GROUPS)}, got '{groups}'")
     if c.select != "valid" or c.select_metric not in GROUP_METRICS:
-        return "real"
-    if j.valid_groups == "true":
+        return "real", ()
+    if groups == "true":
         _record(ctx, "supervised", True)  # selection reads the valid split's bias labels
-        return "real"
-    v = ctx.data.valid
-    wrong = predict_logits(first.model, v.images, precision=c.precision).argmax(1) != v.labels
-    return with_pseudo_groups(v, wrong, ctx.data.num_classes)
+        return "real", ()
+    model, v = early(), ctx.data.valid
+    wrong = predict_logits(model.model, v.images, precision=c.precision).argmax(1) != v.labels
+    return with_pseudo_groups(v, wrong, ctx.data.num_classes), (model.key,)
 
 
 # ---------------------------------------------------------------------------------------------------- Group-DRO
@@ -147,7 +155,7 @@ def run_disent(ctx: Context) -> Trained:
     _require_ce(c.classifier, "disent")
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision)
     return train_stage(ctx, "disent", c.classifier, weighting=w, build_model=disent_factory,
-                       extra_config={"disent": to_dict(c.disent), "lff": to_dict(c.lff)})
+                       extra_config={"disent": to_dict(c.disent), "lff": key_dict(c.lff)})
 
 
 # ------------------------------------------------------------------------------------------------- BiasEnsemble
@@ -202,7 +210,7 @@ def run_lff_be(ctx: Context) -> Trained:
     w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
                  ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned)
     return train_stage(ctx, "lff_be", c.classifier, weighting=w, inputs=(committee.key,),
-                       extra_config={"lff": to_dict(c.lff), "bias_ensemble": to_dict(c.bias_ensemble)})
+                       extra_config={"lff": key_dict(c.lff), "bias_ensemble": to_dict(c.bias_ensemble)})
 
 
 def run_disent_be(ctx: Context) -> Trained:
@@ -212,7 +220,7 @@ def run_disent_be(ctx: Context) -> Trained:
     aligned, committee = bias_committee(ctx)
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision, aligned_mask=aligned)
     return train_stage(ctx, "disent_be", c.classifier, weighting=w, build_model=disent_factory,
-                       inputs=(committee.key,), extra_config={"disent": to_dict(c.disent), "lff": to_dict(c.lff),
+                       inputs=(committee.key,), extra_config={"disent": to_dict(c.disent), "lff": key_dict(c.lff),
                                                               "bias_ensemble": to_dict(c.bias_ensemble)})
 
 

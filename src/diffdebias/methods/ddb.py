@@ -98,7 +98,7 @@ def recipe_config(ctx: Context) -> dict[str, Any]:
     if cfg.ddb.recipe == "groupdro":
         out.update(detection=asdict(cfg.detection), groupdro=key_dict(cfg.groupdro))
     else:
-        out.update(lff=asdict(cfg.lff))
+        out.update(lff=key_dict(cfg.lff))
     return out
 
 
