@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 PRESETS = ("tiny", "cpu", "paper")
 PRECISIONS = ("fp32", "bf16", "auto")
+BLENDS = ("slerp", "mean", "adain")  # injection.blend
 
 
 @dataclass
@@ -132,7 +133,8 @@ class InjectionConfig:
     t_boost: int = 200  # steps with t <= t_boost are stochastic ("quality boosting")
     boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
     blend: str = field(default="slerp", metadata={"added": True})  # slerp (the paper) | mean | adain: only h's
-    #   per-channel statistics move to the content's, its spatial layout stays the style's (docs/results.md)
+    #   per-channel statistics move to the content's, its spatial layout stays the style's (docs/results.md).
+    #   The metadata is diffdebias.config.added (not importable here): out of stage keys while at its default
     mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
     batch_size: int = 64  # images per inversion/generation batch (CPU optimum measured ~64; raise it on a GPU)
 
@@ -144,7 +146,7 @@ class InjectionConfig:
             raise DiffusionConfigError(f"injection.gamma must be in [0, 1], got {self.gamma}")
         if not 0 <= self.boost_eta <= 1:
             raise DiffusionConfigError(f"injection.boost_eta must be in [0, 1], got {self.boost_eta}")
-        _choice("injection.blend", self.blend, ("slerp", "mean", "adain"))
+        _choice("injection.blend", self.blend, BLENDS)
         if self.t_boost >= self.t_edit:
             raise DiffusionConfigError(
                 f"injection.t_boost ({self.t_boost}) must be below injection.t_edit ({self.t_edit})")

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .config import BLENDS
 from .models import unwrap
 from .sampling import ddim_step, predicted_x0
 
@@ -105,14 +106,11 @@ def channel_statistics(h: torch.Tensor, h_content: torch.Tensor, gamma: float, s
     """Move each channel's spatial mean (and, with ``std``, its spatial spread: AdaIN) of ``h`` towards the content's,
     keeping the style's spatial pattern: global attributes (a colour) travel, the layout (a digit's shape) stays."""
     mu, mu_c = h.mean((2, 3), keepdim=True), h_content.mean((2, 3), keepdim=True)
-    target = h - mu + mu_c
+    scale = 1.0
     if std:
-        sd, sd_c = h.std((2, 3), keepdim=True) + 1e-5, h_content.std((2, 3), keepdim=True) + 1e-5
-        target = (h - mu) / sd * sd_c + mu_c
+        scale = (h_content.std((2, 3), keepdim=True) + 1e-5) / (h.std((2, 3), keepdim=True) + 1e-5)
+    target = (h - mu) * scale + mu_c
     return h + gamma * (target - h)
-
-
-BLENDS = ("slerp", "mean", "adain")
 
 
 def blend(h: torch.Tensor, h_content: torch.Tensor, gamma: float, mask: Sequence[float] | None = None,
