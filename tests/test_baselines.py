@@ -398,3 +398,16 @@ def test_table_lists_published_method_keys():
     for path in table.methods.values():
         assert yaml.safe_load((table.root / path).read_text())
     assert json.dumps(table.cells()[:1])
+
+
+@pytest.mark.parametrize("method", ["erm", "disent"])
+@pytest.mark.parametrize("metric, supervised", [("unbiased_accuracy", True), ("accuracy", False)])
+def test_selection_on_true_valid_groups_marks_the_run_supervised(tmp_path, fake_mnist, monkeypatch, method, metric,
+                                                                  supervised):
+    """A model selected on a group metric of the real valid split has read its bias labels."""
+    if method in BASELINES:
+        monkeypatch.setitem(METHODS, method, BASELINES[method])
+    cfg = tiny(fake_mnist, method)
+    cfg.classifier.select, cfg.classifier.select_metric = "valid", metric
+    metrics = read_json(execute(cfg, tmp_path / method, quiet=True) / "metrics.json")
+    assert metrics.get("supervised", False) is supervised

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import torch
 
@@ -28,7 +27,7 @@ from ..classifiers.weighting import GroupDRO
 from ..config import TrainConfig, key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
-from .common import Context, Trained, train_stage
+from .common import Context, Trained, record, train_stage
 from .detection import GROUP_METRICS, identification, with_pseudo_groups
 
 VALID_GROUPS = ("errors", "true")
@@ -42,10 +41,6 @@ def _require_ce(cfg: TrainConfig, method: str) -> None:
     if cfg.loss != "ce":
         raise ValueError(f"{method}: classifier.loss must be 'ce' (the target's loss is CE weighted by W), "
                          f"got '{cfg.loss}'")
-
-
-def _record(ctx: Context, key: str, value: Any) -> None:
-    ctx.extras.setdefault("metrics", {})[key] = value
 
 
 # ---------------------------------------------------------------------------------------------------------- LfF
@@ -97,7 +92,7 @@ def run_jtt(ctx: Context) -> Trained:
 
     errors = ctx.run.cached("jtt_error_set", {"rule": "eval-mode errors after epoch T"}, find_errors, (first.key,))
     index = load_tensors(errors.path("error_set.safetensors"))[0]["index"]
-    _record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
+    record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
     return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
                        extra_config={"jtt": key_dict(j), "copies": copies},
@@ -116,8 +111,7 @@ def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], T
     if c.select != "valid" or c.select_metric not in GROUP_METRICS:
         return "real", ()
     if groups == "true":
-        _record(ctx, "supervised", True)  # selection reads the valid split's bias labels
-        return "real", ()
+        return "real", ()  # the true groups: train_stage marks the run supervised
     model, v = early(), ctx.data.valid
     wrong = predict_logits(model.model, v.images, precision=c.precision).argmax(1) != v.labels
     return with_pseudo_groups(v, wrong, ctx.data.num_classes), (model.key,)
@@ -142,7 +136,7 @@ def run_gdro(ctx: Context) -> Trained:
     groups = true_groups(d.train, d.num_bias)
     g = c.groupdro
     w = GroupDRO.from_config(groups, g)
-    _record(ctx, "supervised", True)
+    record(ctx, "supervised", True)
     return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": key_dict(g)})
 
 
@@ -196,7 +190,7 @@ def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
 
     committee = ctx.run.cached("be_committee", {"tau": be.tau, "agreement": be.agreement}, vote,
                                tuple(m.key for m in members))
-    _record(ctx, "be_pseudo_conflicting", read_json(committee.path("summary.json")))
+    record(ctx, "be_pseudo_conflicting", read_json(committee.path("summary.json")))
     aligned = load_tensors(committee.path("committee.safetensors"))[0]["aligned"].bool()
     return aligned, committee
 

@@ -15,6 +15,7 @@ from ..config import Config, TrainConfig, key_dict
 from ..data import Splits, dataset_key, load_dataset, train_key
 from ..data.base import ImageSet
 from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
+from .detection import GROUP_METRICS
 
 
 @dataclass
@@ -57,6 +58,11 @@ class Trained:
         return load_classifier(self.stage, self.cfg, self.build_model)
 
 
+def record(ctx: Context, key: str, value: Any) -> None:
+    """A run-level entry of ``metrics.json`` (methods add to it; none replaces what another stage recorded)."""
+    ctx.extras.setdefault("metrics", {})[key] = value
+
+
 def train_stage(
     ctx: Context,
     name: str,
@@ -74,7 +80,10 @@ def train_stage(
 
     A model kept at its last epoch beside the real valid split never reads that split (it is only logged in the
     history), so the stage is keyed by the training split alone and a change to the valid split keeps it cached.
+    A model selected on a group metric of the real valid split reads its bias labels: the run is marked supervised.
     """
+    if valid == "real" and cfg.select == "valid" and cfg.select_metric in GROUP_METRICS:
+        record(ctx, "supervised", True)
 
     def compute(stage: Stage) -> None:
         d = ctx.data

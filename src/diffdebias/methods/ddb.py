@@ -116,7 +116,9 @@ def run_ddb(ctx: Context) -> Trained:
     final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, scores["synthetic"]),
                         inputs=(scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
 
-    metrics: dict[str, Any] = {"supervised": cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"}
+    metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
+    oracle = cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"
+    metrics["supervised"] = metrics.get("supervised", False) or oracle
     if cfg.ddb.references:
         for name, model in reference_amplifiers(ctx).items():
             scores[name] = score_stage(ctx, f"{model.stage.name}_scores", model)
@@ -129,7 +131,6 @@ def run_ddb(ctx: Context) -> Trained:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", erm)
     if cfg.data.name == "cmnist":
         metrics["amplification"] = amplification_stage(ctx, syn)
-    ctx.extras["metrics"] = metrics
     ctx.extras["report_sections"] = ddb_report(ctx, scores, syn, metrics)
     return final
 

@@ -199,7 +199,8 @@ def run_diffinject(ctx: Context) -> Trained:
     final = train_stage(ctx, "classifier", cfg.classifier, train=with_synthetic(d.train, synthetic),
                         inputs=(inj.key,), extra_config={"label_source": cfg.diffinject.label_source})
 
-    metrics: dict[str, Any] = {"content_pool": purity(d.train, pool), "synthetic_images": len(synthetic)}
+    metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
+    metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(synthetic))
     if d.train.has_bias:
         style_aligned = d.train.aligned_mask()[pairs["style"]]
         content_conflicting = ~d.train.aligned_mask()[pairs["content"]]
@@ -210,7 +211,6 @@ def run_diffinject(ctx: Context) -> Trained:
     if cfg.data.name == "cmnist":
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape",
                                                                lambda: synthetic, (inj.key,))
-    ctx.extras["metrics"] = metrics
     ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
     return final
 
