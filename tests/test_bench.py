@@ -65,6 +65,28 @@ def test_collect_and_render_mean_std_by_hand(tmp_path):
     assert out.read_text() == md and (tmp_path / "tables" / "t.png").exists()
 
 
+def test_cells_run_under_another_config_are_left_out(tmp_path):
+    from diffdebias.bench import cell_config
+    from diffdebias.config import dump_yaml
+
+    table = make_table(tmp_path, methods=("erm",), ratios=(0.01,))
+    for seed, acc in zip((1, 2, 3), (0.30, 0.40, 0.90)):
+        fake_run(table, "erm", 0.01, seed, acc)
+        cfg = cell_config(table, "erm", 0.01, seed)
+        if seed == 3:
+            cfg.classifier.lr *= 10  # the table's config changed after this cell ran
+        saved = yaml.safe_load(dump_yaml(cfg))
+        if seed == 2:
+            del saved["classifier"]["select"]  # an option added since: not a difference
+            saved["sampling"]["batch_size"] += 1  # nor is an execution setting
+        (table.run_dir("erm", 0.01, seed) / "config.yaml").write_text(yaml.safe_dump(saved))
+    logged = []
+    row = collect(table, log=logged.append)[0]
+    assert row["seeds"] == 2 and row["stale"] == 1
+    assert row["unbiased_accuracy"] == pytest.approx(35.0)
+    assert len(logged) == 1 and "seed3" in logged[0] and "classifier.lr" in logged[0]
+
+
 def test_methods_that_read_bias_labels_are_marked_supervised(tmp_path):
     table = make_table(tmp_path, methods=("erm", "gdro"), ratios=(0.01,), seeds=(1,))
     fake_run(table, "erm", 0.01, 1, 0.30)

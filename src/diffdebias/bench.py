@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config, to_dict
 from .evaluation.published import PUBLISHED_NAMES, published
 from .runs import read_json, write_text
 
@@ -77,6 +77,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
+def cell_config(table: Table, method: str, ratio: float, seed: int) -> Config:
+    overrides = [*table.overrides, *table.method_overrides.get(method, []), f"data.conflict_ratio={ratio}"]
+    return load_config(table.root / table.methods[method], overrides, seed=seed)
+
+
 def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print) -> None:
     """Run this shard's cells in matrix order; every cell's finished stages are skipped."""
     from .pipeline import execute
@@ -84,8 +89,7 @@ def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print) -> None:
     i, n = shard
     cells = table.cells()[i::n]
     for k, (method, ratio, seed) in enumerate(cells):
-        overrides = [*table.overrides, *table.method_overrides.get(method, []), f"data.conflict_ratio={ratio}"]
-        cfg = load_config(table.root / table.methods[method], overrides, seed=seed)
+        cfg = cell_config(table, method, ratio, seed)
         out = table.run_dir(method, ratio, seed)
         log(f"[bench {table.name}] cell {k + 1}/{len(cells)}: {method} ratio={ratio:g} seed={seed} -> {out}")
         execute(cfg, out, quiet=True, stage_cache=Path(table.out) / "_stages")
@@ -97,13 +101,48 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def collect(table: Table) -> list[dict[str, Any]]:
+# Settings that change where and how fast a run goes, or how its random draws are batched, not its protocol.
+EXECUTION_KEYS = frozenset({"device", "data.cache_dir", "sampling.batch_size", "injection.batch_size",
+                            "diffusion.checkpoint_every", "diffusion.sample_every", "diffusion.log_every"})
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose value differs between a run's saved config and the one its table resolves now. A key on one
+    side only is an option added or retired since, not a difference; nor is an execution setting."""
+    out = []
+    for key in saved.keys() & current.keys():
+        a, b, name = saved[key], current[key], prefix + key
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b and name not in EXECUTION_KEYS:
+            out.append(name)
+    return sorted(out)
+
+
+def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[list[dict[str, Any]], int]:
+    """The metrics of the cell's finished seeds whose saved config is the one the table runs now, and how many
+    finished seeds were left out as stale (run under another config: run the table again to refresh them)."""
+    found, stale = [], 0
+    for seed in table.seeds:
+        run = table.run_dir(method, ratio, seed)
+        if not (run / "metrics.json").exists():
+            continue
+        saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+        diff = config_differences(saved, to_dict(cell_config(table, method, ratio, seed)))
+        if diff:
+            stale += 1
+            log(f"[bench {table.name}] left out {run}: run under another config ({', '.join(diff[:5])})")
+            continue
+        found.append(read_json(run / "metrics.json"))
+    return found, stale
+
+
+def collect(table: Table, log=print) -> list[dict[str, Any]]:
     """One row per (method, ratio): mean and std over the finished seeds of each metric, in %."""
     rows = []
     for method in table.methods:
         for ratio in table.ratios:
-            found = [table.run_dir(method, ratio, s) / "metrics.json" for s in table.seeds]
-            found = [read_json(p) for p in found if p.exists()]
+            found, stale = finished_runs(table, method, ratio, log)
             row: dict[str, Any] = {"method": method, "ratio": ratio, "seeds": len(found)}
             for metric in METRICS:
                 m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
@@ -112,6 +151,7 @@ def collect(table: Table) -> list[dict[str, Any]]:
             row["supervised"] = any(f.get("supervised") for f in found)
             cfg_method = method.split("@")[0]
             row["published"] = published(table.dataset, cfg_method, ratio)
+            row["stale"] = stale
             rows.append(row)
     return rows
 
@@ -187,8 +227,8 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_tables(table: Table) -> Path:
-    rows = collect(table)
+def write_tables(table: Table, log=print) -> Path:
+    rows = collect(table, log)
     out = Path(table.tables_dir)
     for ext, text in render(table, rows).items():
         write_text(out / f"{table.name}.{ext}", text)
