@@ -5,7 +5,7 @@ import torch
 
 from diffdebias.cli import main
 from diffdebias.data.cmnist import COLORS
-from diffdebias.evaluation.amplification import aligned_fraction, stroke_colors, to_grey
+from diffdebias.evaluation.amplification import aligned_fraction, stroke_colors, to_grey, usable_conflicting_fraction
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -77,6 +77,18 @@ def test_amplification_diagnostic_reads_colours_and_shapes():
     g = to_grey(coloured)
     assert g.shape == (10, 1, 28, 28) and int(g.amax()) == 255
     assert np.allclose(g[:, 0, 10, 13].numpy(), 255)  # every colour stretched to the same shape
+
+
+def test_usable_conflicting_needs_the_labels_digit_in_another_colour():
+    grey = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    grey[:, 5:20, 12:15] = 255
+    labels = torch.tensor([0, 1, 2, 3])
+    colours = torch.tensor([0, 5, 6, 3])  # images 1 and 2 are coloured as another class
+    digits = torch.tensor([0, 1, 9, 3])  # image 2 shows the wrong digit
+    images = (COLORS[colours][:, :, None, None] * grey[:, None].float()).to(torch.uint8)
+    assert usable_conflicting_fraction(images, labels, digits) == 0.25  # only image 1
+    assert usable_conflicting_fraction(images, labels, labels) == 0.5
+    assert usable_conflicting_fraction(images, colours, colours) == 0.0
 
 
 def test_diagnostic_ignores_a_flat_grey_background():

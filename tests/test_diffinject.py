@@ -34,7 +34,10 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert pool["pool"] == 100 and 0 <= pool["truly_conflicting"] <= 100
     assert m["synthetic_images"] == round(0.1 * (1350 - 100))
     assert 0 <= m["test"]["unbiased_accuracy"] <= 1
-    assert 0 <= m["synthetic_colour_shape"]["synthetic_aligned_fraction"] <= 1
+    cs = m["synthetic_colour_shape"]
+    assert 0 <= cs["synthetic_aligned_fraction"] <= 1
+    usable = cs["synthetic_usable_conflicting"]
+    assert usable <= min(1 - cs["synthetic_aligned_fraction"], cs["synthetic_shape_fidelity"]) + 1e-12
     assert abs(m["pairs"]["content_conflicting"] - pool["purity"]) < 0.2  # contents drawn uniformly from the pool
 
     rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))

@@ -53,6 +53,14 @@ def aligned_fraction(images: torch.Tensor, labels: torch.Tensor) -> float:
     return float((nearest_color(stroke_colors(images)) == labels).double().mean())
 
 
+def usable_conflicting_fraction(images: torch.Tensor, labels: torch.Tensor, digits: torch.Tensor) -> float:
+    """Share of images that show their label's digit (``digits``: what a shape classifier reads) in a colour other
+    than their label's: bias-conflicting samples with the right label, what a debiasing set needs."""
+    if len(images) == 0:
+        return float("nan")
+    return float(((digits == labels) & (nearest_color(stroke_colors(images)) != labels)).double().mean())
+
+
 def to_grey(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) uint8 -> (N, 1, H, W) uint8: channel maximum, stretched so each image's brightest pixel is 255.
 

@@ -20,7 +20,7 @@ from ..data.base import ImageSet
 from ..runs import Stage
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .detection import GROUP_METRICS, SUPERVISED_RULES, detect, identification, with_pseudo_groups
-from .diagnostics import colour_shape_stage
+from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
 
 RECIPES = ("groupdro", "lff")
@@ -172,12 +172,7 @@ def ddb_report(ctx: Context, scores: dict[str, Scores], syn: Stage, metrics: dic
         out += ["### Synthetic images (one row per class)", "", "![synthetic](figures/synthetic_grid.png)", ""]
     if "amplification" in metrics:
         a = metrics["amplification"]
-        out += ["### Bias amplification (Colored MNIST)", "",
-                "| | bias-aligned fraction | shape fidelity |", "|---|---|---|",
-                f"| real training set | {a['real_aligned_fraction']:.4f} | "
-                f"{a['real_valid_shape_fidelity']:.4f} (valid) |",
-                f"| synthetic set ({a['synthetic_images']} images) | {a['synthetic_aligned_fraction']:.4f} | "
-                f"{a['synthetic_shape_fidelity']:.4f} |", ""]
+        out += ["### Bias amplification (Colored MNIST)", "", *colour_shape_table(a)]
     ranked_gallery(d.train, scores["synthetic"].loss, d.class_names, ctx.run.root / "gallery")
     out += ["### Most likely bias-conflicting training images", "",
             "Ranked by amplifier loss: `gallery/ranked.csv` (all samples), top ones in "

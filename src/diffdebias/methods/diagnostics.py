@@ -28,9 +28,10 @@ def shape_classifier(ctx: Context) -> Trained:
 def colour_shape_stage(
     ctx: Context, name: str, load: Callable[[], ImageSet], inputs: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Bias-aligned fraction (stroke colour nearest to the label's majority colour) and shape fidelity (grey digit
-    classifier accuracy) of the images ``load()`` returns, beside the real set's, as a cached stage."""
-    from ..evaluation.amplification import aligned_fraction, to_grey
+    """Bias-aligned fraction (stroke colour nearest to the label's majority colour), shape fidelity (grey digit
+    classifier accuracy) and usable conflicting fraction (the label's digit in another class's colour) of the images
+    ``load()`` returns, beside the real set's, as a cached stage."""
+    from ..evaluation.amplification import aligned_fraction, to_grey, usable_conflicting_fraction
 
     d = ctx.data
     shape = shape_classifier(ctx)
@@ -38,16 +39,32 @@ def colour_shape_stage(
     def compute(stage: Stage) -> None:
         s = load()
 
-        def fidelity(images: torch.Tensor, labels: torch.Tensor) -> float:
-            return float((predict_logits(shape.model, to_grey(images)).argmax(1) == labels).double().mean())
+        def digits(images: torch.Tensor) -> torch.Tensor:
+            return predict_logits(shape.model, to_grey(images)).argmax(1)
 
+        synthetic_digits = digits(s.images)
         write_json(stage.path(f"{name}.json"), {
             "synthetic_aligned_fraction": aligned_fraction(s.images, s.labels),
             "real_aligned_fraction": aligned_fraction(d.train.images, d.train.labels),
-            "synthetic_shape_fidelity": fidelity(s.images, s.labels),
-            "real_valid_shape_fidelity": fidelity(d.valid.images, d.valid.labels),
+            "synthetic_shape_fidelity": float((synthetic_digits == s.labels).double().mean()),
+            "real_valid_shape_fidelity": float((digits(d.valid.images) == d.valid.labels).double().mean()),
+            "synthetic_usable_conflicting": usable_conflicting_fraction(s.images, s.labels, synthetic_digits),
+            "real_usable_conflicting": usable_conflicting_fraction(d.train.images, d.train.labels,
+                                                                   digits(d.train.images)),
             "synthetic_images": len(s),
         })
 
-    st = ctx.run.cached(name, {"diagnostic": "background-subtracted, colour by hue"}, compute, (*inputs, shape.key))
+    key = {"diagnostic": "background-subtracted, colour by hue; usable conflicting"}
+    st = ctx.run.cached(name, key, compute, (*inputs, shape.key))
     return read_json(st.path(f"{name}.json"))
+
+
+def colour_shape_table(a: dict[str, Any]) -> list[str]:
+    """The report's table of :func:`colour_shape_stage`'s numbers, synthetic set beside the real one."""
+    usable = [a.get("real_usable_conflicting", float("nan")), a.get("synthetic_usable_conflicting", float("nan"))]
+    return ["| | bias-aligned fraction | shape fidelity | usable conflicting (label's digit, another colour) |",
+            "|---|---|---|---|",
+            f"| real training set | {a['real_aligned_fraction']:.4f} | {a['real_valid_shape_fidelity']:.4f} (valid) | "
+            f"{usable[0]:.4f} |",
+            f"| synthetic set ({a['synthetic_images']} images) | {a['synthetic_aligned_fraction']:.4f} | "
+            f"{a['synthetic_shape_fidelity']:.4f} | {usable[1]:.4f} |", ""]

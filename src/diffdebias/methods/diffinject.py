@@ -18,7 +18,7 @@ from ..data.base import ImageSet
 from ..devices import accelerator
 from ..runs import Stage, load_tensors, save_tensors
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
-from .diagnostics import colour_shape_stage
+from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import UNET, diffusion_stage
 
 INJECTED = "injected.safetensors"
@@ -238,11 +238,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
         a = metrics["synthetic_colour_shape"]
         out += ["### Synthetic images (Colored MNIST)", "",
                 "A bias-conflicting synthetic image has a stroke colour that is NOT its label's majority colour.", "",
-                "| | bias-aligned fraction | shape fidelity |", "|---|---|---|",
-                f"| real training set | {a['real_aligned_fraction']:.4f} | "
-                f"{a['real_valid_shape_fidelity']:.4f} (valid) |",
-                f"| synthetic set ({a['synthetic_images']} images) | {a['synthetic_aligned_fraction']:.4f} | "
-                f"{a['synthetic_shape_fidelity']:.4f} |", ""]
+                *colour_shape_table(a)]
     figures = ctx.run.root / "figures"
     triples_figure(d.train.images[pairs["style"][:16]], d.train.images[pairs["content"][:16]],
                    synthetic.images[:16], figures / "triples.png")
