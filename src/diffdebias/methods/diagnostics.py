@@ -30,33 +30,40 @@ def colour_shape_stage(
 ) -> dict[str, Any]:
     """Bias-aligned fraction (stroke colour nearest to the label's majority colour), shape fidelity (grey digit
     classifier accuracy) and usable conflicting fraction (the label's digit in another class's colour) of the images
-    ``load()`` returns, beside the real set's, as a cached stage."""
+    ``load()`` returns, as a cached stage, beside the real set's (a stage of its own, computed once per dataset)."""
     from ..evaluation.amplification import aligned_fraction, to_grey, usable_conflicting_fraction
 
     d = ctx.data
     shape = shape_classifier(ctx)
 
-    def compute(stage: Stage) -> None:
-        s = load()
+    def digits(x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(shape.model, to_grey(x)).argmax(1)
 
-        def digits(images: torch.Tensor) -> torch.Tensor:
-            return predict_logits(shape.model, to_grey(images)).argmax(1)
+    def fidelity(images: ImageSet, read: torch.Tensor) -> float:
+        return float((read == images.labels).double().mean())
 
-        synthetic_digits = digits(s.images)
-        write_json(stage.path(f"{name}.json"), {
-            "synthetic_aligned_fraction": aligned_fraction(s.images, s.labels),
+    def compute_real(stage: Stage) -> None:
+        write_json(stage.path("real.json"), {
             "real_aligned_fraction": aligned_fraction(d.train.images, d.train.labels),
-            "synthetic_shape_fidelity": float((synthetic_digits == s.labels).double().mean()),
-            "real_valid_shape_fidelity": float((digits(d.valid.images) == d.valid.labels).double().mean()),
-            "synthetic_usable_conflicting": usable_conflicting_fraction(s.images, s.labels, synthetic_digits),
+            "real_valid_shape_fidelity": fidelity(d.valid, digits(d.valid.images)),
             "real_usable_conflicting": usable_conflicting_fraction(d.train.images, d.train.labels,
                                                                    digits(d.train.images)),
+        })
+
+    def compute(stage: Stage) -> None:
+        s = load()
+        read = digits(s.images)
+        write_json(stage.path(f"{name}.json"), {
+            "synthetic_aligned_fraction": aligned_fraction(s.images, s.labels),
+            "synthetic_shape_fidelity": fidelity(s, read),
+            "synthetic_usable_conflicting": usable_conflicting_fraction(s.images, s.labels, read),
             "synthetic_images": len(s),
         })
 
     key = {"diagnostic": "background-subtracted, colour by hue; usable conflicting"}
+    real = ctx.run.cached("real_colour_shape", key, compute_real, (ctx.data_key, shape.key))
     st = ctx.run.cached(name, key, compute, (*inputs, shape.key))
-    return read_json(st.path(f"{name}.json"))
+    return {**read_json(st.path(f"{name}.json")), **read_json(real.path("real.json"))}
 
 
 def colour_shape_table(a: dict[str, Any]) -> list[str]:
