@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import pytest
 import torch
@@ -96,7 +98,33 @@ def test_shared_stage_cache_computes_a_stage_once_across_runs(tmp_path):
     assert (tmp_path / "b" / "diffusion" / "weights.txt").read_text() == "diffusion"  # linked into run b
     b.cached("diffusion", {"steps": 6}, compute)  # another config: another cache entry, relinked
     assert calls == ["diffusion", "diffusion"]
-    assert len(list(cache.iterdir())) == 2
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
     assert (tmp_path / "a" / "diffusion").resolve() != (tmp_path / "b" / "diffusion").resolve()
     Run(tmp_path / "c", seed=2, quiet=True, stage_cache=cache).cached("diffusion", {"steps": 5}, compute)
     assert len(calls) == 3  # another seed is another stage
+
+
+def test_two_processes_needing_one_stage_compute_it_once(tmp_path):
+    """Bench shards share a stage cache: the second to arrive waits on the stage's lock, then finds it done."""
+    calls, waits = [], []
+    started = threading.Event()
+
+    def slow(stage):
+        calls.append(stage.name)
+        started.set()
+        time.sleep(0.5)
+        stage.path("weights.txt").write_text("trained")
+
+    cache = tmp_path / "cache"
+    first = Run(tmp_path / "a", seed=1, quiet=True, stage_cache=cache)
+    second = Run(tmp_path / "b", seed=1, quiet=True, stage_cache=cache)
+    second.log = waits.append
+    worker = threading.Thread(target=first.cached, args=("diffusion", {"steps": 5}, slow))
+    worker.start()
+    assert started.wait(10)
+    st = second.cached("diffusion", {"steps": 5}, slow)
+    worker.join()
+    assert calls == ["diffusion"]
+    assert any("waiting" in w for w in waits)
+    assert second.events == [{"stage": "diffusion", "skipped": True}]
+    assert (tmp_path / "b" / "diffusion" / "weights.txt").read_text() == "trained" and st.done

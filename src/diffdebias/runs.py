@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; shards must not share a stage there
+    fcntl = None
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -75,6 +80,26 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextmanager
+def exclusive(lock: Path, on_wait: Callable[[], None] = lambda: None):
+    """Hold an advisory lock on ``lock`` for the block, calling ``on_wait`` once if another process holds it. The
+    kernel drops the lock when its holder dies, so a killed run never leaves a stage locked."""
+    if fcntl is None:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------- nested state dicts
@@ -240,19 +265,22 @@ class Run:
         local.symlink_to(os.path.relpath(st.dir, self.root))
 
     def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = ()) -> Stage:
-        """Run ``compute(stage)`` unless the stage is already done for this config and these inputs."""
+        """Run ``compute(stage)`` unless the stage is already done for this config and these inputs. A process that
+        finds another one computing the same stage waits for it instead of computing it twice."""
         st = self.stage(name, config, inputs)
-        if st.done:
+        lock = st.dir.parent / f".{st.dir.name}.lock"
+        with exclusive(lock, on_wait=lambda: self.log(f"stage {name}: another process is computing it, waiting")):
+            if st.done:
+                self._link(st)
+                self.log(f"stage {name}: done, skipped")
+                self.events.append({"stage": name, "skipped": True})
+                return st
+            st.prepare()
             self._link(st)
-            self.log(f"stage {name}: done, skipped")
-            self.events.append({"stage": name, "skipped": True})
-            return st
-        st.prepare()
-        self._link(st)
-        self.log(f"stage {name}: running")
-        t0 = time.time()
-        compute(st)
-        st.finish()
+            self.log(f"stage {name}: running")
+            t0 = time.time()
+            compute(st)
+            st.finish()
         seconds = time.time() - t0
         self.events.append({"stage": name, "skipped": False, "seconds": seconds})
         timings = self.root / "timings.json"
