@@ -7,13 +7,15 @@ valid selection) on variants of the run's synthetic set, and scores the real tra
     of whether the synthetic set's own conflicting images are what the amplifier learns shape from);
   - ``--match-histogram``: each channel's pixel distribution mapped onto the real training split's (a global colour
     shift between generated and real images);
-  - ``--weight-decay``: the amplifier's weight decay.
+  - ``--weight-decay``: the amplifier's weight decay;
+  - ``--amp KEY=VALUE[,KEY=VALUE]``: any other ``amplifier`` fields (e.g. ``gce_q=0.9`` or ``arch=mlp16,epochs=20``).
 Printed per variant: real valid accuracy and the selected epoch, AUROC / AP of the loss, the error set's size,
 precision and recall; then where the errors come from: the share of misclassified aligned samples whose colour reads
 as their own class's, and what the amplifier predicts for conflicting samples (their colour, their label, or neither).
 
     python benchmarks/amplifier_probe.py runs/bench/cmnist/ddb/ratio0.01-seed1 --per-class 25 50 100 200
     python benchmarks/amplifier_probe.py runs/bench/cmnist/ddb/ratio0.01-seed1 --aligned-only --match-histogram
+    python benchmarks/amplifier_probe.py runs/bench/cmnist/ddb/ratio0.01-seed1 --amp gce_q=0.9 --amp arch=mlp16
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # one line per variant, not a progress bar per epoch (read when tqdm loads)
+
+import torch  # noqa: E402
 
 
 def match_histogram(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -49,8 +53,9 @@ def main() -> None:
     parser.add_argument("--aligned-only", action="store_true")
     parser.add_argument("--match-histogram", action="store_true")
     parser.add_argument("--weight-decay", type=float, nargs="*", default=[])
+    parser.add_argument("--amp", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="a variant with these amplifier fields changed (repeatable)")
     args = parser.parse_args()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # one line per variant, not a progress bar per epoch
 
     from diffdebias.classifiers.train import predict_logits, train_classifier
     from diffdebias.config import load_config
@@ -79,6 +84,9 @@ def main() -> None:
                                          cfg.amplifier)
     for wd in args.weight_decay:
         variants[f"weight decay {wd:g}"] = (synthetic, dataclasses.replace(cfg.amplifier, weight_decay=wd))
+    for spec in args.amp:
+        variant = load_config(args.run / "config.yaml", [f"amplifier.{kv}" for kv in spec.split(",")])
+        variants[spec] = (synthetic, variant.amplifier)
 
     print(f"{args.run}: {len(synthetic)} synthetic images, {int(conflicting.sum())} conflicting of {len(tr)} real")
     for name, (train, amp_cfg) in variants.items():

@@ -45,3 +45,9 @@ def test_added_fields_enter_stage_keys_only_when_set():
     assert key_dict(replace(cfg, input_scale=0.5))["input_scale"] == 0.5
     assert key_dict(replace(cfg, lr=0.5))["lr"] == 0.5  # ordinary fields always count
     assert "reweight" not in key_dict(GroupDROConfig()) and key_dict(GroupDROConfig(reweight=True))["reweight"]
+
+
+def test_ddb_reference_epochs_must_be_positive():
+    with pytest.raises(ConfigError, match="ddb.reference_gce_epochs"):
+        load_config("configs/cmnist/ddb.yaml", ["ddb.reference_gce_epochs=0"])
+    assert load_config("configs/cmnist/ddb.yaml", ["ddb.reference_gce_epochs=7"]).ddb.reference_gce_epochs == 7

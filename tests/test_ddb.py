@@ -11,6 +11,7 @@ TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
     "--set", "diffusion.checkpoint_every=3", "--set", "sampling.per_class=6", "--set", "sampling.steps=3",
     "--set", "classifier.epochs=2", "--set", "amplifier.epochs=2", "--set", "classifier.batch_size=128",
+    "--set", "ddb.reference_gce_epochs=1",
 ]
 
 
@@ -27,6 +28,9 @@ def test_ddb_end_to_end_both_recipes_share_stages(tmp_path, fake_mnist, capsys):
     for key in ("precision", "recall", "f1", "auroc", "average_precision"):
         assert 0.0 <= m["detection"][key] <= 1.0
     assert set(m["detection_references"]) == {"erm_real", "gce_real"}
+    epochs = {stage: len(json.loads((out / stage / "history.json").read_text()))
+              for stage in ("amplifier", "reference_gce")}
+    assert epochs == {"amplifier": 2, "reference_gce": 1}  # the real-data GCE reference has its own epoch count
     assert 0.0 <= m["test"]["unbiased_accuracy"] <= 1.0
     assert m["amplification"]["synthetic_images"] == 60
     report = (out / "report.md").read_text()

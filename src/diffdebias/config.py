@@ -105,7 +105,18 @@ class DDBConfig:
     recipe: str = "groupdro"  # groupdro (Recipe I: Group-DRO on pseudo-groups) | lff (Recipe II: LfF-style weights)
     references: bool = True  # also train real-data amplifiers (ERM for reference_epochs, GCE) and report detection
     reference_epochs: int = 2  # T of the early-stopped ERM reference amplifier (JTT-style)
+    reference_gce_epochs: int | None = added(None)  # epochs of the GCE reference amplifier on the real data (None: the
+    #   amplifier's). A synthetic set is a few thousand images and can take hundreds of epochs; the real set cannot
     compare_erm: bool = True  # also train plain ERM with the classifier settings, for the report's comparison
+
+    def validate(self) -> DDBConfig:
+        if self.recipe not in ("groupdro", "lff"):
+            raise ConfigError(f"ddb.recipe must be groupdro or lff, got '{self.recipe}'")
+        for key in ("reference_epochs", "reference_gce_epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"ddb.{key} must be >= 1, got {value}")
+        return self
 
 
 @dataclass

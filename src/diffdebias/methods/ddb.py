@@ -70,7 +70,8 @@ def reference_amplifiers(ctx: Context) -> dict[str, Trained]:
     return {
         "erm_real": train_stage(ctx, "reference_erm", replace(amp, loss="ce", epochs=ctx.cfg.ddb.reference_epochs,
                                                                select="last")),
-        "gce_real": train_stage(ctx, "reference_gce", replace(amp, loss="gce", select="last")),
+        "gce_real": train_stage(ctx, "reference_gce", replace(amp, loss="gce", select="last",
+                                                               epochs=ctx.cfg.ddb.reference_gce_epochs or amp.epochs)),
     }
 
 
