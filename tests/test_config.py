@@ -38,13 +38,19 @@ def test_unknown_key_in_file_is_named(tmp_path):
 def test_added_fields_enter_stage_keys_only_when_set():
     from dataclasses import replace
 
-    from diffdebias.config import GroupDROConfig, TrainConfig, key_dict, to_dict
+    from diffdebias.config import DiffusionConfig, GroupDROConfig, TrainConfig, key_dict, to_dict
 
     cfg = TrainConfig()
     assert "input_scale" in to_dict(cfg) and "input_scale" not in key_dict(cfg)
     assert key_dict(replace(cfg, input_scale=0.5))["input_scale"] == 0.5
     assert key_dict(replace(cfg, lr=0.5))["lr"] == 0.5  # ordinary fields always count
     assert "reweight" not in key_dict(GroupDROConfig()) and key_dict(GroupDROConfig(reweight=True))["reweight"]
+    assert "image_size" not in key_dict(DiffusionConfig()) and key_dict(DiffusionConfig(image_size=16))["image_size"]
+
+
+def test_diffusion_image_size_must_be_a_side_or_zero():
+    with pytest.raises(ConfigError, match="diffusion.image_size"):
+        load_config("configs/cmnist/ddb.yaml", ["diffusion.image_size=-2"])
 
 
 def test_ddb_reference_epochs_must_be_positive():

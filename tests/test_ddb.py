@@ -65,6 +65,16 @@ def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsy
     assert metrics["supervised"] is True
     assert metrics["detection"]["precision"] == 1.0 and metrics["detection"]["recall"] == 1.0
 
+    # a U-Net trained at a smaller size: trained anew, its samples come back at the data's 28 px
+    execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=16"]), out)
+    assert "stage diffusion: running" in capsys.readouterr().out
+    from diffdebias.diffusion import load_unet
+    from diffdebias.methods.generation import load_synthetic
+    from diffdebias.runs import Stage
+
+    assert load_unet(out / "diffusion" / "unet.safetensors").config.sample_size == 16
+    assert load_synthetic(Stage("synthetic", out / "synthetic", "", 0)).images.shape[1:] == (3, 28, 28)
+
 
 def test_amplification_diagnostic_reads_colours_and_shapes():
     grey = torch.zeros(10, 28, 28, dtype=torch.uint8)

@@ -139,3 +139,18 @@ def test_grey_images_write_as_single_channel_png(tmp_path):
     with Image.open(tmp_path / "1" / "000002.png") as im:
         assert im.mode == "L" and torch.equal(torch.from_numpy(np.array(im)), images[2, 0])
     assert path.name == "synthetic.csv"
+
+
+def test_resize_keeps_brightness_and_smooth_images():
+    from diffdebias.diffusion.sampling import resize
+
+    dots = (torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.05).to(torch.uint8) * 255
+    small = resize(dots, 7)
+    assert small.shape == (4, 3, 7, 7) and small.dtype == torch.uint8
+    assert abs(small.float().mean() - dots.float().mean()) < 2  # antialiased: every dot counts, none is skipped
+    ramp = torch.linspace(0, 255, 28).round().to(torch.uint8).expand(1, 3, 28, 28).contiguous()
+    error = (resize(resize(ramp, 16), 28).int() - ramp.int()).abs()  # smooth images survive a round trip,
+    assert error[..., 2:-2].max() <= 1 and error.max() <= 6  # up to the edges' clamping
+    flat = torch.full((1, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.equal(resize(flat, 28), torch.full((1, 3, 28, 28), 77, dtype=torch.uint8))
+    assert resize(ramp, 28) is ramp

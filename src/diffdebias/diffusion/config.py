@@ -29,6 +29,8 @@ class DiffusionConfig:
 
     preset: str = "cpu"  # U-Net: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
     conditional: bool = True  # class-conditional with a learned null class (DDB); false: unconditional (DiffInject)
+    image_size: int = field(default=0, metadata={"added": True})  # side the U-Net works at; 0: the data's. Smaller
+    #   trains and samples faster: the data is resized down (antialiased) for training, samples back up (bilinear)
     num_train_timesteps: int = 1000  # T (open; DDPM's value)
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (open; DDPM's linear)
     beta_start: float = 1e-4  # first beta of the schedule (open; DDPM)
@@ -65,6 +67,9 @@ class DiffusionConfig:
         _positive("diffusion.checkpoint_every", self.checkpoint_every)
         _positive("diffusion.log_every", self.log_every)
         _at_least("diffusion.sample_every", self.sample_every, 0)
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 0:
+            raise DiffusionConfigError(f"diffusion.image_size must be 0 (the data's size) or a side in px, "
+                                       f"got {self.image_size!r}")
         _at_least("diffusion.warmup_steps", self.warmup_steps, 0)
         _at_least("diffusion.grad_clip", self.grad_clip, 0)
         _at_least("diffusion.weight_decay", self.weight_decay, 0)

@@ -171,6 +171,18 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> uint8 (N, C, size, size): antialiased bilinear down, bilinear up. For
+    ``diffusion.image_size``: the U-Net trains and samples at ``size``, the methods see the data's size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    down = size < images.shape[-1]
+    parts = [torch.nn.functional.interpolate(images[i : i + chunk].float(), size=(size, size), mode="bilinear",
+                                             align_corners=False, antialias=down)
+             for i in range(0, len(images), chunk)]
+    return torch.cat(parts).round().clamp(0, 255).to(torch.uint8)
+
+
 def _noise(gens: Sequence[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 

@@ -59,7 +59,8 @@ def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:
     d = ctx.data
     diff = diffusion_stage(ctx, "diffusion", cfg.diffusion, d.train, d.num_classes if cfg.diffusion.conditional
                            else None, (ctx.train_key,))
-    syn = synthetic_stage(ctx, "synthetic", diff, cfg.sampling, cfg.diffusion, d.num_classes)
+    syn = synthetic_stage(ctx, "synthetic", diff, cfg.sampling, cfg.diffusion, d.num_classes,
+                          d.train.images.shape[-1])
     amp = train_stage(ctx, "amplifier", cfg.amplifier, train=load_synthetic(syn), inputs=(syn.key,))
     return amp, diff, syn
 

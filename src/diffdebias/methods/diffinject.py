@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..config import key_dict, load_config
+from ..config import ConfigError, key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..runs import Stage, load_tensors, save_tensors
@@ -190,6 +190,10 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
 
 def run_diffinject(ctx: Context) -> Trained:
     cfg, d = ctx.cfg, ctx.data
+    if cfg.diffusion.image_size not in (0, d.train.images.shape[-1]):
+        raise ConfigError(f"diffusion.image_size={cfg.diffusion.image_size}: the injection inverts the training "
+                          f"images themselves, so its U-Net works at their size ({d.train.images.shape[-1]} px); "
+                          f"leave diffusion.image_size at 0")
     scores = ranking_scores(ctx)
     pool = top_k_per_class(scores.loss, d.train.labels, cfg.diffinject.top_k)
     general, general_key = general_dataset(ctx)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
+from ..config import key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..diffusion import DiffusionConfig, SamplingConfig
@@ -23,26 +22,31 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
 
     def compute(stage: Stage) -> None:
         from ..diffusion import build_unet, train_diffusion
+        from ..diffusion.sampling import resize
 
         acc = accelerator(ctx.cfg.device)
         acc.gradient_accumulation_steps = cfg.gradient_accumulation
-        c, s = data.images.shape[1], data.images.shape[-1]
+        s = cfg.image_size or data.images.shape[-1]
+        images = resize(data.images, s)
+        if s != data.images.shape[-1]:
+            stage.log(f"{stage.name}: training at {s} px (diffusion.image_size), data at {data.images.shape[-1]} px")
         with stage.seeded("init"):
-            model = build_unet(cfg.preset, s, c, num_classes)
-        train_diffusion(stage, model, data.images, data.labels, cfg, accelerator=acc)
+            model = build_unet(cfg.preset, s, images.shape[1], num_classes)
+        train_diffusion(stage, model, images, data.labels, cfg, accelerator=acc)
 
-    return ctx.run.cached(name, asdict(cfg), compute, inputs)
+    return ctx.run.cached(name, key_dict(cfg), compute, inputs)
 
 
 def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConfig, dcfg: DiffusionConfig,
-                    num_classes: int, chunk: int = 1000) -> Stage:
-    """``cfg.per_class`` images per class, sampled in chunks that are saved as they finish (a killed run loses at
-    most one chunk). Images depend only on their per-image seeds, so chunking does not change them."""
+                    num_classes: int, image_size: int, chunk: int = 1000) -> Stage:
+    """``cfg.per_class`` images per class at ``image_size`` px (the data's; a model trained smaller is sampled at its
+    own size and resized), sampled in chunks that are saved as they finish (a killed run loses at most one chunk).
+    Images depend only on their per-image seeds, so chunking does not change them."""
     cfg.validate()
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, sample, write_synthetic_dataset
-        from ..diffusion.sampling import class_labels, draw_seeds
+        from ..diffusion.sampling import class_labels, draw_seeds, resize
 
         acc = accelerator(ctx.cfg.device)
         model = load_unet(diffusion.path(UNET))
@@ -55,8 +59,8 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
                 parts.append(load_tensors(path)[0]["images"])
                 continue
             stage.log(f"{stage.name}: images {start}-{min(start + chunk, len(labels))} of {len(labels)}")
-            images = sample(model, cfg, dcfg, labels[start : start + chunk], None, acc.device,
-                            seeds=seeds[start : start + chunk])
+            images = resize(sample(model, cfg, dcfg, labels[start : start + chunk], None, acc.device,
+                                   seeds=seeds[start : start + chunk]), image_size)
             save_tensors(path, {"images": images})
             parts.append(images)
         images = torch.cat(parts)
@@ -65,7 +69,7 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
         for k in range(len(parts)):
             stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
 
-    return ctx.run.cached(name, asdict(cfg), compute, (diffusion.key,))
+    return ctx.run.cached(name, key_dict(cfg), compute, (diffusion.key,))
 
 
 def load_synthetic(stage: Stage) -> ImageSet:
