@@ -163,8 +163,11 @@ def _label(method: str, rows: list[dict[str, Any]], supervised_mark: str = " (su
 
 
 def _cell(row: dict[str, Any], metric: str) -> str:
+    """``mean ± std``; a cell with one finished seed has no spread to show, so it says so instead of ``± 0.00``."""
     m, s = row[metric], row[metric + "_std"]
-    return "—" if math.isnan(m) else f"{m:.2f} ± {s:.2f}"
+    if math.isnan(m):
+        return "—"
+    return f"{m:.2f} (1 seed)" if row["seeds"] == 1 else f"{m:.2f} ± {s:.2f}"
 
 
 def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
