@@ -5,7 +5,10 @@ import torch
 
 from diffdebias.cli import main
 from diffdebias.data.cmnist import COLORS
+from diffdebias.diffusion import load_unet
 from diffdebias.evaluation.amplification import aligned_fraction, stroke_colors, to_grey, usable_conflicting_fraction
+from diffdebias.methods.generation import load_synthetic
+from diffdebias.runs import Stage
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -68,10 +71,6 @@ def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsy
     # a U-Net trained at a smaller size: trained anew, its samples come back at the data's 28 px
     execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=16"]), out)
     assert "stage diffusion: running" in capsys.readouterr().out
-    from diffdebias.diffusion import load_unet
-    from diffdebias.methods.generation import load_synthetic
-    from diffdebias.runs import Stage
-
     assert load_unet(out / "diffusion" / "unet.safetensors").config.sample_size == 16
     assert load_synthetic(Stage("synthetic", out / "synthetic", "", 0)).images.shape[1:] == (3, 28, 28)
 
