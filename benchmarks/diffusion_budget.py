@@ -35,7 +35,7 @@ def main() -> None:
                         help="config override, as for diffdebias run (e.g. sampling.steps=10)")
     args = parser.parse_args()
 
-    from diffdebias.classifiers.train import predict_logits, train_classifier
+    from diffdebias.classifiers.train import WEIGHTS, load_classifier, predict_logits, train_classifier
     from diffdebias.config import load_config
     from diffdebias.data import load_dataset
     from diffdebias.devices import accelerator
@@ -59,8 +59,11 @@ def main() -> None:
 
     shape_stage = Stage("shape", args.out / "shape", "", seed=0, **quiet)
     shape_stage.dir.mkdir(parents=True, exist_ok=True)
-    grey = replace(train, images=to_grey(train.images))
-    shape = train_classifier(shape_stage, grey, SHAPE_CLASSIFIER, data.num_classes)
+    if shape_stage.path(WEIGHTS).exists():  # a rerun extending --at reuses it
+        shape = load_classifier(shape_stage, SHAPE_CLASSIFIER)
+    else:
+        grey = replace(train, images=to_grey(train.images))
+        shape = train_classifier(shape_stage, grey, SHAPE_CLASSIFIER, data.num_classes)
 
     stage = Stage("diffusion", args.out / "diffusion", "", seed=args.seed, **quiet)
     stage.dir.mkdir(parents=True, exist_ok=True)
