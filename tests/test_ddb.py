@@ -68,6 +68,11 @@ def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsy
     assert metrics["supervised"] is True
     assert metrics["detection"]["precision"] == 1.0 and metrics["detection"]["recall"] == 1.0
 
+    # execution settings (rows per sampling pass, logging) reuse every stage
+    execute(load_config("configs/cmnist/ddb.yaml", overrides + ["detection.rule=oracle", "sampling.batch_size=7",
+                                                                "diffusion.log_every=1"]), out)
+    assert "running" not in capsys.readouterr().out
+
     # a U-Net trained at a smaller size: trained anew, its samples come back at the data's 28 px
     execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=16"]), out)
     assert "stage diffusion: running" in capsys.readouterr().out

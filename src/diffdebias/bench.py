@@ -18,6 +18,7 @@ import yaml
 
 from .config import Config, ConfigError, load_config, to_dict
 from .evaluation.published import PUBLISHED_NAMES, published
+from .fields import execution_keys
 from .runs import read_json, write_text
 
 METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")
@@ -101,9 +102,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-# Settings that change where and how fast a run goes, or how its random draws are batched, not its protocol.
-EXECUTION_KEYS = frozenset({"device", "data.cache_dir", "sampling.batch_size", "injection.batch_size",
-                            "diffusion.checkpoint_every", "diffusion.sample_every", "diffusion.log_every"})
+# Settings that change where and how fast a run goes, not its protocol (the config's execution fields).
+EXECUTION_KEYS = frozenset(execution_keys(Config()))
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -21,11 +21,7 @@ class ConfigError(ValueError):
 
 
 from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
-
-
-def added(default: Any) -> Any:
-    """A config field added after stages were cached: it enters stage keys only when set to something else."""
-    return field(default=default, metadata={"added": True})
+from .fields import added, execution  # noqa: E402,F401  (added: re-exported for older imports)
 
 
 @dataclass
@@ -44,7 +40,8 @@ class DataConfig:
     #   a random subset. dataset: LfF's dataset order, as the training split, which makes them the first and last
     #   images of each class, near the training split's conflicting ones in MNIST's (not random) order and easy for a
     #   model that memorised those (a leaky valid set: docs/results.md)
-    cache_dir: str | None = None  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or ~/.cache/diffdebias)
+    cache_dir: str | None = execution(None)  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or
+    #   ~/.cache/diffdebias)
 
 
 @dataclass
@@ -196,7 +193,7 @@ class Config:
     name: str = "run"
     method: str = "erm"  # erm | ddb | diffinject | lff | jtt | gdro | disent | lff_be
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: str = execution("auto")  # auto | cpu | cuda | mps
     data: DataConfig = field(default_factory=DataConfig)
     classifier: TrainConfig = field(default_factory=TrainConfig)  # the target (debiased) classifier
     amplifier: TrainConfig = field(default_factory=_amplifier_default)  # a biased model: DDB's bias amplifier,
@@ -364,10 +361,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def key_dict(cfg: Any) -> dict[str, Any]:
     """A config section as a stage key: :func:`to_dict` without :func:`added` fields left at their default, so a new
-    option does not invalidate every cached stage."""
+    option does not invalidate every cached stage, and without :func:`execution` fields, which do not change results."""
     out = to_dict(cfg)
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("added") and out[f.name] == f.default:
+        if f.metadata.get("execution") or (f.metadata.get("added") and out[f.name] == f.default):
             del out[f.name]
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import Config, dump_yaml, to_dict
+from .config import Config, dump_yaml, key_dict
 from .data import describe, split_table
 from .evaluation.report import write_report
 from .methods import Context, get_method
@@ -34,7 +34,7 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
         if cfg.data.name == "csv":
             write_text(stage.path("split.csv"), split_table(ctx.data))
 
-    run.cached("data", to_dict(cfg.data), summarise, (ctx.data_key,))
+    run.cached("data", key_dict(cfg.data), summarise, (ctx.data_key,))
     final = method(ctx)
 
     metrics = evaluate_stage(ctx, "evaluation", final, SPLITS)

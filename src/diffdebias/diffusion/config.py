@@ -16,7 +16,9 @@ U-Net (training and sampling), so ``auto`` means fp32 there (``benchmarks/diffus
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ..fields import added, execution
 
 PRESETS = ("tiny", "cpu", "paper")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -29,7 +31,7 @@ class DiffusionConfig:
 
     preset: str = "cpu"  # U-Net: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
     conditional: bool = True  # class-conditional with a learned null class (DDB); false: unconditional (DiffInject)
-    image_size: int = field(default=0, metadata={"added": True})  # side the U-Net works at; 0: the data's. Smaller
+    image_size: int = added(0)  # side the U-Net works at; 0: the data's. Smaller
     #   trains and samples faster: the data is resized down (antialiased) for training, samples back up (bilinear)
     num_train_timesteps: int = 1000  # T (open; DDPM's value)
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (open; DDPM's linear)
@@ -50,10 +52,10 @@ class DiffusionConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1+step)/(10+step)) early on; false: constant ema_decay
     random_flip: bool = False  # random horizontal flips in training (off: digits and text are not symmetric) (open)
     precision: str = "auto"  # fp32 | bf16 (autocast) | auto (bf16 only on hardware where it is faster)
-    gradient_accumulation: int = 1  # micro-batches per optimizer step (memory only; results equal)
-    checkpoint_every: int = 1000  # steps between resumable checkpoints (plus one at the end)
-    sample_every: int = 5000  # steps between preview sample grids (PNG + TensorBoard); 0 disables
-    log_every: int = 20  # steps between loss/lr scalars in TensorBoard and the progress bar
+    gradient_accumulation: int = execution(1)  # micro-batches per optimizer step (memory only; results equal)
+    checkpoint_every: int = execution(1000)  # steps between resumable checkpoints (plus one at the end)
+    sample_every: int = execution(5000)  # steps between preview sample grids (PNG + TensorBoard); 0 disables
+    log_every: int = execution(20)  # steps between loss/lr scalars in TensorBoard and the progress bar
 
     def validate(self) -> DiffusionConfig:
         _choice("diffusion.preset", self.preset, PRESETS)
@@ -104,7 +106,7 @@ class SamplingConfig:
     eta: float = 0.0  # DDIM noise: 0 deterministic, 1 DDPM-like (ddim only)
     guidance_scale: float = 2.0  # s in eps_u + s*(eps_c - eps_u); 1: conditional; DDB's "w=1" is s=2 (open)
     per_class: int = 1000  # images per class for the synthetic set (DDB: 1,000-2,000 suffice) (open)
-    batch_size: int = 256  # images per forward pass (a guided pass runs 2x this many rows)
+    batch_size: int = execution(256)  # images per forward pass (a guided pass runs 2x this many rows)
     timestep_spacing: str = "trailing"  # leading | trailing | linspace: trailing starts at t=T-1, where x_T~N(0,I)
     precision: str = "auto"  # fp32 | bf16 | auto (as diffusion.precision)
     compile: bool = False  # torch.compile the U-Net for sampling (pays a one-off compile of ~1 min on CPU)
@@ -137,11 +139,10 @@ class InjectionConfig:
     t_edit: int = 400  # h is injected at steps with t >= t_edit (aug_diffstyle.py: 400; scripts: 500)
     t_boost: int = 200  # steps with t <= t_boost are stochastic ("quality boosting")
     boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
-    blend: str = field(default="slerp", metadata={"added": True})  # slerp (the paper) | mean | adain: only h's
-    #   per-channel statistics move to the content's, its spatial layout stays the style's (docs/results.md).
-    #   The metadata is diffdebias.config.added (not importable here): out of stage keys while at its default
+    blend: str = added("slerp")  # slerp (the paper) | mean | adain: only h's per-channel statistics move to the
+    #   content's, its spatial layout stays the style's (docs/results.md)
     mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
-    batch_size: int = 64  # images per inversion/generation batch (CPU optimum measured ~64; raise it on a GPU)
+    batch_size: int = execution(64)  # images per inversion/generation batch (CPU optimum ~64; raise it on a GPU)
 
     def validate(self) -> InjectionConfig:
         _positive("injection.batch_size", self.batch_size)
