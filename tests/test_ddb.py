@@ -73,11 +73,13 @@ def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsy
                                                                 "diffusion.log_every=1"]), out)
     assert "running" not in capsys.readouterr().out
 
-    # a U-Net trained at a smaller size: trained anew, its samples come back at the data's 28 px
-    execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=16"]), out)
-    assert "stage diffusion: running" in capsys.readouterr().out
+    # ddb.yaml's U-Net works at 16 px (diffusion.image_size); its samples come back at the data's 28 px
     assert load_unet(out / "diffusion" / "unet.safetensors").config.sample_size == 16
     assert load_synthetic(Stage("synthetic", out / "synthetic", "", 0)).images.shape[1:] == (3, 28, 28)
+    # at the data's own size it is another model, trained anew
+    execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=0"]), out)
+    assert "stage diffusion: running" in capsys.readouterr().out
+    assert load_unet(out / "diffusion" / "unet.safetensors").config.sample_size == 28
 
 
 def test_amplification_diagnostic_reads_colours_and_shapes():
