@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
-from .fields import added, execution  # noqa: E402,F401  (added: re-exported for older imports)
+from .fields import added, execution  # noqa: E402
 
 
 @dataclass

@@ -31,8 +31,8 @@ class DiffusionConfig:
 
     preset: str = "cpu"  # U-Net: tiny (tests) | cpu (~1 M params, 28/32 px) | paper (~27 M params, 32/64 px) (open)
     conditional: bool = True  # class-conditional with a learned null class (DDB); false: unconditional (DiffInject)
-    image_size: int = added(0)  # side the U-Net works at; 0: the data's. Smaller
-    #   trains and samples faster: the data is resized down (antialiased) for training, samples back up (bilinear)
+    image_size: int = added(0)  # side the U-Net works at; 0: the data's. Smaller trains and samples faster: the
+    #   data is resized down (antialiased) for training, samples back up (bilinear)
     num_train_timesteps: int = 1000  # T (open; DDPM's value)
     beta_schedule: str = "linear"  # linear | scaled_linear | squaredcos_cap_v2 (open; DDPM's linear)
     beta_start: float = 1e-4  # first beta of the schedule (open; DDPM)
