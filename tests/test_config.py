@@ -48,7 +48,6 @@ def test_added_fields_enter_stage_keys_only_when_set():
     assert "image_size" not in key_dict(DiffusionConfig()) and key_dict(DiffusionConfig(image_size=16))["image_size"]
 
 
-
 def test_execution_fields_never_enter_stage_keys():
     """Rows per pass, logging and checkpoint intervals change how a stage runs, not its numbers: a cached stage is
     reused when only they change, and benchmark tables do not call such a run stale."""
@@ -62,6 +61,7 @@ def test_execution_fields_never_enter_stage_keys():
             "data.cache_dir"} <= EXECUTION_KEYS
     assert "sampling.steps" not in EXECUTION_KEYS and "classifier.batch_size" not in EXECUTION_KEYS
     assert key_dict(DataConfig()) == key_dict(DataConfig(cache_dir="/elsewhere"))
+
 
 def test_diffusion_image_size_must_be_a_side_or_zero():
     with pytest.raises(ConfigError, match="diffusion.image_size"):
