@@ -24,14 +24,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdebias.diffusion.injection import inject, injection_grid, invert
-    from diffdebias.diffusion.sampling import to_uint8, to_unit
     from injection_probe import load_probe
 
     p = load_probe(args.run)
     cfg, train, model, abar = p.cfg, p.train, p.model, p.alphas_cumprod
     idx = torch.linspace(0, len(train) - 1, args.images).long()
     images, labels = train.images[idx], train.labels[idx]
-    x0 = to_unit(images)
+    x0 = p.to_model(images)
     colour = p.colours(images)
     for steps in args.steps:
         grid = injection_grid(cfg.diffusion.num_train_timesteps, steps)
@@ -39,7 +38,7 @@ def main() -> None:
         for t_boost in (-1, cfg.injection.t_boost):
             gens = [torch.Generator().manual_seed(i) for i in range(len(idx))]
             back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens)
-            u8 = to_uint8(back)
+            u8 = p.from_model(back)
             digit = float((p.digits(u8) == labels).double().mean())
             kept = float((p.colours(u8) == colour).double().mean())
             print(f"grid {steps:4d}  boosting {'on ' if t_boost >= 0 else 'off'}  mean abs error "

@@ -30,7 +30,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdebias.diffusion.injection import inject, injection_grid, invert
-    from diffdebias.diffusion.sampling import to_uint8, to_unit
     from diffdebias.runs import load_tensors
     from injection_probe import load_probe
 
@@ -41,8 +40,8 @@ def main() -> None:
     content_colour = p.colours(p.train.images[content])
     grid = injection_grid(p.cfg.diffusion.num_train_timesteps, args.steps)
     t0 = time.time()
-    x_T, _ = invert(p.model, to_unit(p.train.images[style]), grid, p.alphas_cumprod)
-    _, h = invert(p.model, to_unit(p.train.images[content]), grid, p.alphas_cumprod, record_from=min(args.t_edit))
+    x_T, _ = invert(p.model, p.to_model(p.train.images[style]), grid, p.alphas_cumprod)
+    _, h = invert(p.model, p.to_model(p.train.images[content]), grid, p.alphas_cumprod, record_from=min(args.t_edit))
     print(f"{len(style)} pairs, {args.steps}-point grid, inversions {time.time() - t0:.0f} s", flush=True)
     print("gamma  t_edit  style digit kept  content colour  useful  seconds")
     best = (-1.0, None)
@@ -50,7 +49,7 @@ def main() -> None:
         for gamma in args.gamma:
             t0 = time.time()
             gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
-            u8 = to_uint8(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit, p.cfg.injection.t_boost,
+            u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit, p.cfg.injection.t_boost,
                                  p.cfg.injection.boost_eta, gens, blend_mode=args.blend))
             digit, colour = p.digits(u8), p.colours(u8)
             kept = float((digit == label).double().mean())

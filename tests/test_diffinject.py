@@ -99,3 +99,14 @@ def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):
     assert m["content_pool"]["pool"] == 100
     assert (out / "amplifier" / "DONE").exists() and not (out / "biased_classifier").exists()
     assert "by the `ddb` ranking" in (out / "report.md").read_text()
+
+
+def test_injection_with_a_smaller_unet_gives_images_at_the_data_size(tmp_path, fake_mnist):
+    from diffdebias.runs import load_tensors
+
+    out = tmp_path / "di"
+    m = run(fake_mnist, out, "--set", "diffusion.image_size=16", "--set", "diffinject.compare_erm=false")
+    images = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
+    assert images.shape[1:] == (3, 28, 28) and len(images) == m["synthetic_images"]
+    assert images.float().std() > 10  # generated content, not a blank upsampled canvas
+    assert load_tensors(out / "injection_diffusion" / "unet.safetensors")[1]["unet_config"]["sample_size"] == 16

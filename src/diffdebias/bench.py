@@ -22,6 +22,12 @@ from .fields import execution_keys
 from .runs import read_json, write_text
 
 METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")
+# Bias-conflicting detection on the training set (DDB's amplifier; metrics.json "detection" and, for the real-data
+# reference amplifiers, "detection_references"): column -> path in metrics.json.
+DETECTION = {"detection_auroc": ("detection", "auroc"), "detection_precision": ("detection", "precision"),
+             "detection_recall": ("detection", "recall"),
+             "reference_erm_auroc": ("detection_references", "erm_real", "auroc"),
+             "reference_gce_auroc": ("detection_references", "gce_real", "auroc")}
 
 
 @dataclass
@@ -147,6 +153,8 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
             for metric in METRICS:
                 m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
                 row[metric], row[metric + "_std"] = m, s
+            for column, path in DETECTION.items():
+                row[column], row[column + "_std"] = mean_std([v for f in found if (v := _dig(f, path)) is not None])
             row["seconds"] = mean_std([sum(f.get("stage_seconds", {}).values()) for f in found])[0]
             row["supervised"] = any(f.get("supervised") for f in found)
             cfg_method = method.split("@")[0]
@@ -156,18 +164,26 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
     return rows
 
 
+def _dig(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(metrics, dict) or key not in metrics:
+            return None
+        metrics = metrics[key]
+    return float(metrics)
+
+
 def _label(method: str, rows: list[dict[str, Any]], supervised_mark: str = " (supervised)") -> str:
     """The method's name in tables and plots; runs that read bias labels (true groups) are marked as supervised."""
     name = PUBLISHED_NAMES.get(method, method)
     return name + supervised_mark if any(r["supervised"] for r in rows if r["method"] == method) else name
 
 
-def _cell(row: dict[str, Any], metric: str) -> str:
+def _cell(row: dict[str, Any], metric: str, digits: int = 2) -> str:
     """``mean ± std``; a cell with one finished seed has no spread to show, so it says so instead of ``± 0.00``."""
     m, s = row[metric], row[metric + "_std"]
     if math.isnan(m):
         return "—"
-    return f"{m:.2f} (1 seed)" if row["seeds"] == 1 else f"{m:.2f} ± {s:.2f}"
+    return f"{m:.{digits}f} (1 seed)" if row["seeds"] == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -194,6 +210,16 @@ def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
         md.append(f"| {_label(row['method'], rows, ' (*supervised*)')} | {100 * row['ratio']:g} % | "
                   f"{_cell(row, 'aligned_accuracy')} | {_cell(row, 'conflicting_accuracy')} | {row['seeds']} | "
                   f"{row['seconds']:.0f} |")
+    detected = [row for row in rows if not math.isnan(row["detection_auroc"])]
+    if detected:
+        md += ["", "Bias-conflicting detection on the training set (the method's amplifier and rule: AUROC of its "
+               "loss, precision and recall of the flagged set), with the real-data reference amplifiers' AUROC:", "",
+               "| method | ratio | AUROC | precision | recall | ERM reference AUROC | GCE reference AUROC |",
+               "|---|---|---|---|---|---|---|"]
+        for row in detected:
+            cells = [_cell(row, c, 4 if "auroc" in c else 3) for c in DETECTION]
+            md.append(f"| {_label(row['method'], rows, ' (*supervised*)')} | {100 * row['ratio']:g} % | "
+                      + " | ".join(cells) + " |")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     w.writeheader()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, key_dict, load_config
+from ..config import key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..runs import Stage, load_tensors, save_tensors
@@ -103,14 +103,15 @@ def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torc
 def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: tuple[str, ...],
                     chunk: int = 1024) -> Stage:
     """Invert the content pool once (its h cached in ``content_h.safetensors``), then for each chunk of pairs invert
-    the style images and generate with the content injected; chunks are saved as they finish."""
+    the style images and generate with the content injected; chunks are saved as they finish. A U-Net trained
+    smaller (``diffusion.image_size``) inverts the images resized to its size; its results are resized back."""
     icfg, dcfg = ctx.cfg.injection, ctx.cfg.diffusion
     icfg.validate()
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
         from ..diffusion.injection import check_splittable, inject, injection_grid, invert
-        from ..diffusion.sampling import to_uint8, to_unit
+        from ..diffusion.sampling import resize, to_uint8, to_unit
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
@@ -120,13 +121,17 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         abar = alphas_cumprod(dcfg).double()
         grid = injection_grid(dcfg.num_train_timesteps, icfg.steps)
         bs = icfg.batch_size
+        side = d.train.images.shape[-1]
+
+        def unit(index: torch.Tensor) -> torch.Tensor:  # training images as the U-Net sees them
+            return to_unit(resize(d.train.images[index], dcfg.image_size or side).to(device))
 
         h_path = stage.path("content_h.safetensors")
         if h_path.exists():
             content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
         else:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
-            parts = [invert(model, to_unit(d.train.images[pool[s:s + bs]].to(device)), grid, abar, icfg.t_edit)[1]
+            parts = [invert(model, unit(pool[s:s + bs]), grid, abar, icfg.t_edit)[1]
                      for s in range(0, len(pool), bs)]
             content_h = {t: torch.cat([p[t].cpu() for p in parts]) for t in parts[0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
@@ -148,12 +153,12 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             for s in range(start, stop, bs):
                 e = min(s + bs, stop)
                 style, content = pairs["style"][s:e], pairs["content"][s:e]
-                x_T, _ = invert(model, to_unit(d.train.images[style].to(device)), grid, abar)
+                x_T, _ = invert(model, unit(style), grid, abar)
                 h = {t: v[position[content]] for t, v in content_h.items()}
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
                            gens, icfg.mask, blend_mode=icfg.blend)
-                out.append(to_uint8(x).cpu())
+                out.append(resize(to_uint8(x).cpu(), side))
             images.append(torch.cat(out))
             save_tensors(path, {"images": images[-1]})
         images = torch.cat(images)
@@ -190,10 +195,6 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
 
 def run_diffinject(ctx: Context) -> Trained:
     cfg, d = ctx.cfg, ctx.data
-    if cfg.diffusion.image_size not in (0, d.train.images.shape[-1]):
-        raise ConfigError(f"diffusion.image_size={cfg.diffusion.image_size}: the injection inverts the training "
-                          f"images themselves, so its U-Net works at their size ({d.train.images.shape[-1]} px); "
-                          f"leave diffusion.image_size at 0")
     scores = ranking_scores(ctx)
     pool = top_k_per_class(scores.loss, d.train.labels, cfg.diffinject.top_k)
     general, general_key = general_dataset(ctx)
