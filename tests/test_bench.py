@@ -79,6 +79,7 @@ def test_cells_run_under_another_config_are_left_out(tmp_path):
         if seed == 2:
             del saved["classifier"]["select"]  # an option added since: not a difference
             saved["sampling"]["batch_size"] += 1  # nor is an execution setting
+            saved["ddb"]["references"] = not saved["ddb"]["references"]  # nor a side measurement's switch
         (table.run_dir("erm", 0.01, seed) / "config.yaml").write_text(yaml.safe_dump(saved))
     logged = []
     row = collect(table, log=logged.append)[0]
@@ -151,15 +152,15 @@ def test_killed_matrix_restarts_and_skips_finished_cells(tmp_path, fake_mnist, m
 
 
 def test_detection_metrics_get_their_own_table(tmp_path):
-    table = make_table(tmp_path, methods=("ddb", "erm"), ratios=(0.01,), seeds=(1, 2))
-    for seed, auroc, ref in ((1, 0.98, 0.90), (2, 0.99, 0.95)):
-        fake_run(table, "ddb", 0.01, seed, 0.7, detection={"auroc": auroc, "precision": 0.5, "recall": 0.8},
-                 detection_references={"erm_real": {"auroc": ref}})
+    table = make_table(tmp_path, methods=("ddb", "erm"), ratios=(0.01,), seeds=(1, 2, 3))
+    for seed, auroc, ref in ((1, 0.98, 0.90), (2, 0.99, 0.95), (3, 0.99, None)):
+        refs = {} if ref is None else {"detection_references": {"erm_real": {"auroc": ref}}}
+        fake_run(table, "ddb", 0.01, seed, 0.7, detection={"auroc": auroc, "precision": 0.5, "recall": 0.8}, **refs)
         fake_run(table, "erm", 0.01, seed, 0.5)
     rows = {r["method"]: r for r in collect(table)}
-    assert rows["ddb"]["detection_auroc"] == pytest.approx(0.985)
-    assert rows["ddb"]["reference_erm_auroc"] == pytest.approx(0.925)
+    assert rows["ddb"]["detection_auroc"] == pytest.approx((0.98 + 0.99 + 0.99) / 3)
+    assert rows["ddb"]["reference_erm_auroc"] == pytest.approx(0.925) and rows["ddb"]["reference_erm_auroc_seeds"] == 2
     assert rows["ddb"]["reference_gce_auroc_std"] != rows["ddb"]["reference_gce_auroc_std"]  # none measured: nan
     md = render(table, list(rows.values()))["md"]
-    assert "| ddb | 1 % | 0.9850 ± 0.0071 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.9250 ± 0.0354 | — |" in md
+    assert "| ddb | 1 % | 0.9867 ± 0.0058 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.9250 ± 0.0354 (2 seeds) | — |" in md
     assert "| Vanilla | 1 % | 0.9850" not in md and md.count("| method | ratio | AUROC |") == 1

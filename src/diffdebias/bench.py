@@ -18,7 +18,7 @@ import yaml
 
 from .config import Config, ConfigError, load_config, to_dict
 from .evaluation.published import PUBLISHED_NAMES, published
-from .fields import execution_keys
+from .fields import execution_keys, marked_keys
 from .runs import read_json, write_text
 
 METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")
@@ -108,8 +108,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-# Settings that change where and how fast a run goes, not its protocol (the config's execution fields).
+# Settings that change where and how fast a run goes, not its protocol (the config's execution fields), and switches
+# for side measurements that change none of the method's numbers (its side fields).
 EXECUTION_KEYS = frozenset(execution_keys(Config()))
+IGNORED_KEYS = EXECUTION_KEYS | marked_keys(Config(), "side")
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -120,7 +122,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         a, b, name = saved[key], current[key], prefix + key
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{name}.")
-        elif a != b and name not in EXECUTION_KEYS:
+        elif a != b and name not in IGNORED_KEYS:
             out.append(name)
     return sorted(out)
 
@@ -153,8 +155,10 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
             for metric in METRICS:
                 m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
                 row[metric], row[metric + "_std"] = m, s
-            for column, path in DETECTION.items():
-                row[column], row[column + "_std"] = mean_std([v for f in found if (v := _dig(f, path)) is not None])
+            for column, path in DETECTION.items():  # references may have run for some seeds only (a side switch)
+                values = [v for f in found if (v := _dig(f, path)) is not None]
+                row[column], row[column + "_std"] = mean_std(values)
+                row[column + "_seeds"] = len(values)
             row["seconds"] = mean_std([sum(f.get("stage_seconds", {}).values()) for f in found])[0]
             row["supervised"] = any(f.get("supervised") for f in found)
             cfg_method = method.split("@")[0]
@@ -179,11 +183,14 @@ def _label(method: str, rows: list[dict[str, Any]], supervised_mark: str = " (su
 
 
 def _cell(row: dict[str, Any], metric: str, digits: int = 2) -> str:
-    """``mean ± std``; a cell with one finished seed has no spread to show, so it says so instead of ``± 0.00``."""
-    m, s = row[metric], row[metric + "_std"]
+    """``mean ± std``; a cell with one finished seed has no spread to show, so it says so instead of ``± 0.00``,
+    and a metric measured on fewer seeds than the row's says on how many."""
+    m, s, n = row[metric], row[metric + "_std"], row.get(metric + "_seeds", row["seeds"])
     if math.isnan(m):
         return "—"
-    return f"{m:.{digits}f} (1 seed)" if row["seeds"] == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+    if n == 1:
+        return f"{m:.{digits}f} (1 seed)"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" + (f" ({n} seeds)" if n != row["seeds"] else "")
 
 
 def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:

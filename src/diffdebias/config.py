@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
-from .fields import added, execution  # noqa: E402
+from .fields import added, execution, side  # noqa: E402
 
 
 @dataclass
@@ -100,11 +100,11 @@ class LfFConfig:
 @dataclass
 class DDBConfig:
     recipe: str = "groupdro"  # groupdro (Recipe I: Group-DRO on pseudo-groups) | lff (Recipe II: LfF-style weights)
-    references: bool = True  # also train real-data amplifiers (ERM for reference_epochs, GCE) and report detection
+    references: bool = side(True)  # also train real-data amplifiers (ERM for reference_epochs, GCE), report detection
     reference_epochs: int = 2  # T of the early-stopped ERM reference amplifier (JTT-style)
     reference_gce_epochs: int | None = added(None)  # epochs of the GCE reference amplifier on the real data (None: the
     #   amplifier's). A synthetic set is a few thousand images and can take hundreds of epochs; the real set cannot
-    compare_erm: bool = True  # also train plain ERM with the classifier settings, for the report's comparison
+    compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DDBConfig:
         if self.recipe not in ("groupdro", "lff"):
@@ -165,7 +165,7 @@ class DiffInjectConfig:
     style_pool: str = "all"  # all (every training image outside the content pool: unsupervised) |
     #                          aligned (ground-truth aligned images, as the released code; uses bias labels)
     label_source: str = "style"  # label of a synthetic image: style (released: CMNIST, CCIFAR) | content (the others)
-    compare_erm: bool = True  # also train plain ERM with the classifier settings, for the report's comparison
+    compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
         for key, value, choices in (("content_source", self.content_source, ("gce", "ddb")),

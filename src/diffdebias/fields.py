@@ -18,13 +18,25 @@ def execution(default: Any) -> Any:
     return field(default=default, metadata={"execution": True})
 
 
-def execution_keys(cfg: Any, prefix: str = "") -> set[str]:
-    """Dotted names of every :func:`execution` field of a config (a dataclass instance) and its nested sections."""
+def side(default: Any) -> Any:
+    """A switch for a side measurement of the report (real-data reference amplifiers, an ERM comparison): it adds
+    stages and metrics of its own but changes no number the method computes, so benchmark tables ignore it when
+    comparing configs (a cell run with or without it is the same cell)."""
+    return field(default=default, metadata={"side": True})
+
+
+def marked_keys(cfg: Any, marker: str, prefix: str = "") -> set[str]:
+    """Dotted names of every field of a config (a dataclass instance) and its nested sections carrying ``marker``."""
     out = set()
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if f.metadata.get("execution"):
+        if f.metadata.get(marker):
             out.add(prefix + f.name)
         elif dataclasses.is_dataclass(value):
-            out |= execution_keys(value, f"{prefix}{f.name}.")
+            out |= marked_keys(value, marker, f"{prefix}{f.name}.")
     return out
+
+
+def execution_keys(cfg: Any) -> set[str]:
+    """Dotted names of every :func:`execution` field of a config and its nested sections."""
+    return marked_keys(cfg, "execution")
