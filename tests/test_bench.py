@@ -59,6 +59,7 @@ def test_collect_and_render_mean_std_by_hand(tmp_path):
     md = text["md"]
     assert "| Vanilla | 35.00 ± 5.00 | 32.59 | — | 82.44 |" in md
     assert "| lff | 73.00 ± 4.24 | 74.23 | 85.00 (1 seed) | 85.33 |" in md
+    assert "| Vanilla | 5 % | — | — | 0 | — |" in md  # a cell with no finished seed: dashes, not nan
     assert "35.00 $\\pm$ 5.00" in text["tex"]
     assert text["csv"].splitlines()[0].startswith("method,ratio,seeds,unbiased_accuracy")
     out = write_tables(table)

@@ -216,7 +216,7 @@ def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
     for row in rows:
         md.append(f"| {_label(row['method'], rows, ' (*supervised*)')} | {100 * row['ratio']:g} % | "
                   f"{_cell(row, 'aligned_accuracy')} | {_cell(row, 'conflicting_accuracy')} | {row['seeds']} | "
-                  f"{row['seconds']:.0f} |")
+                  f"{'—' if math.isnan(row['seconds']) else format(row['seconds'], '.0f')} |")
     detected = [row for row in rows if not math.isnan(row["detection_auroc"])]
     if detected:
         md += ["", "Bias-conflicting detection on the training set (the method's amplifier and rule: AUROC of its "
