@@ -149,3 +149,18 @@ def test_valid_selection_on_pseudo_groups_needs_no_bias_labels(tmp_path, fake_mn
     pseudo = evaluate(model, groups, 10, 10)["unbiased_accuracy"]
     assert pseudo == history[selected["epoch"]]["valid"]["unbiased_accuracy"]
     assert pseudo != m["valid"]["unbiased_accuracy"]  # the true-colour metric of the same model differs
+
+
+def test_plain_reference_recipe_drops_weight_decay_and_augmentation():
+    import pytest
+
+    from diffdebias.config import ConfigError, load_config
+    from diffdebias.methods.ddb import reference_training
+
+    cfg = load_config("configs/cmnist/ddb.yaml")
+    assert cfg.amplifier.weight_decay > 0 and cfg.amplifier.augment
+    assert reference_training(cfg) == cfg.amplifier  # the default: the amplifier's own recipe
+    plain = reference_training(load_config("configs/cmnist/ddb.yaml", ["ddb.reference_recipe=plain"]))
+    assert plain.weight_decay == 0.0 and not plain.augment and plain.epochs == cfg.amplifier.epochs
+    with pytest.raises(ConfigError, match="ddb.reference_recipe"):
+        load_config("configs/cmnist/ddb.yaml", ["ddb.reference_recipe=memorise"])

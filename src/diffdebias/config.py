@@ -104,11 +104,16 @@ class DDBConfig:
     reference_epochs: int = 2  # T of the early-stopped ERM reference amplifier (JTT-style)
     reference_gce_epochs: int | None = added(None)  # epochs of the GCE reference amplifier on the real data (None: the
     #   amplifier's). A synthetic set is a few thousand images and can take hundreds of epochs; the real set cannot
+    reference_recipe: str = added("amplifier")  # (open) how the references train: amplifier (the amplifier's
+    #   recipe: weight decay, augmentation) | plain (neither, as JTT's and LfF's own CMNIST recipes); the amplifier's
+    #   recipe keeps real-data references from memorising, plain lets them (docs/results.md)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DDBConfig:
         if self.recipe not in ("groupdro", "lff"):
             raise ConfigError(f"ddb.recipe must be groupdro or lff, got '{self.recipe}'")
+        if self.reference_recipe not in ("amplifier", "plain"):
+            raise ConfigError(f"ddb.reference_recipe must be amplifier or plain, got '{self.reference_recipe}'")
         for key in ("reference_epochs", "reference_gce_epochs"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
-from ..config import key_dict
+from ..config import Config, TrainConfig, key_dict
 from ..data.base import ImageSet
 from ..runs import Stage
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
@@ -65,9 +65,16 @@ def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:
     return amp, diff, syn
 
 
+def reference_training(cfg: Config) -> TrainConfig:
+    """The references' training recipe: the amplifier's, or without its weight decay and augmentation (``plain``)."""
+    if cfg.ddb.reference_recipe == "plain":
+        return replace(cfg.amplifier, weight_decay=0.0, augment=False)
+    return cfg.amplifier
+
+
 def reference_amplifiers(ctx: Context) -> dict[str, Trained]:
     """Biased models trained on the real data: ERM stopped early (JTT) and GCE (LfF), same architecture."""
-    amp = ctx.cfg.amplifier
+    amp = reference_training(ctx.cfg)
     return {
         "erm_real": train_stage(ctx, "reference_erm", replace(amp, loss="ce", epochs=ctx.cfg.ddb.reference_epochs,
                                                                select="last")),
