@@ -169,6 +169,7 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
 
 
 def _dig(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    """The number at ``path`` in a run's metrics, or None where the run did not measure it."""
     for key in path:
         if not isinstance(metrics, dict) or key not in metrics:
             return None
