@@ -165,3 +165,25 @@ def test_detection_metrics_get_their_own_table(tmp_path):
     md = render(table, list(rows.values()))["md"]
     assert "| ddb | 1 % | 0.9867 ± 0.0058 | 0.500 ± 0.000 | 0.800 ± 0.000 | 0.9250 ± 0.0354 (2 seeds) | — |" in md
     assert "| Vanilla | 1 % | 0.9850" not in md and md.count("| method | ratio | AUROC |") == 1
+
+
+def test_references_measured_under_other_settings_leave_only_their_columns(tmp_path):
+    from diffdebias.bench import cell_config
+    from diffdebias.config import dump_yaml
+
+    table = make_table(tmp_path, methods=("ddb",), ratios=(0.01,), seeds=(1, 2, 3))
+    for seed, ref in ((1, 0.90), (2, 0.94), (3, 1.0)):
+        fake_run(table, "ddb", 0.01, seed, 0.7 + seed / 100, detection={"auroc": 0.99},
+                 detection_references={"erm_real": {"auroc": ref}})
+        saved = yaml.safe_load(dump_yaml(cell_config(table, "ddb", 0.01, seed)))
+        if seed == 3:
+            saved["ddb"]["reference_recipe"] = "amplifier"  # a run whose references trained another way
+        if seed == 2:
+            del saved["ddb"]["reference_recipe"]  # saved before the key existed: the amplifier's recipe then
+            saved["ddb"]["reference_epochs"] = 2
+        (table.run_dir("ddb", 0.01, seed) / "config.yaml").write_text(yaml.safe_dump(saved))
+    row = collect(table)[0]
+    assert row["seeds"] == 3 and row["stale"] == 0  # the method's numbers are the same cell's
+    assert row["unbiased_accuracy"] == pytest.approx(72.0)
+    assert row["reference_erm_auroc"] == pytest.approx(0.90) and row["reference_erm_auroc_seeds"] == 1
+    assert row["detection_auroc"] == pytest.approx(0.99)

@@ -159,8 +159,10 @@ def test_plain_reference_recipe_drops_weight_decay_and_augmentation():
 
     cfg = load_config("configs/cmnist/ddb.yaml")
     assert cfg.amplifier.weight_decay > 0 and cfg.amplifier.augment
-    assert reference_training(cfg) == cfg.amplifier  # the default: the amplifier's own recipe
-    plain = reference_training(load_config("configs/cmnist/ddb.yaml", ["ddb.reference_recipe=plain"]))
+    plain = reference_training(cfg)  # the default: as JTT and LfF train, without the amplifier's regularisation
     assert plain.weight_decay == 0.0 and not plain.augment and plain.epochs == cfg.amplifier.epochs
+    assert plain.loss == cfg.amplifier.loss and plain.lr == cfg.amplifier.lr
+    regularised = load_config("configs/cmnist/ddb.yaml", ["ddb.reference_recipe=amplifier"])
+    assert reference_training(regularised) == regularised.amplifier
     with pytest.raises(ConfigError, match="ddb.reference_recipe"):
         load_config("configs/cmnist/ddb.yaml", ["ddb.reference_recipe=memorise"])

@@ -141,8 +141,30 @@ def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[l
             stale += 1
             log(f"[bench {table.name}] left out {run}: run under another config ({', '.join(diff[:5])})")
             continue
-        found.append(read_json(run / "metrics.json"))
+        metrics = read_json(run / "metrics.json")
+        current = to_dict(cell_config(table, method, ratio, seed))
+        for key, settings in SIDE_SETTINGS.items():  # a side measurement taken under other settings is not this one
+            if saved and key in metrics and any(_setting(saved, k, legacy) != _setting(current, k, legacy)
+                                      for k, legacy in settings.items()):
+                del metrics[key]
+        found.append(metrics)
     return found, stale
+
+
+# The settings a side measurement's metrics depend on, each with the value a config saved before it existed ran
+# under. A cell's run made under other values keeps its place in the table (side settings change none of the
+# method's numbers) but not in that measurement's columns.
+SIDE_SETTINGS = {"detection_references": {"ddb.reference_epochs": 2, "ddb.reference_gce_epochs": None,
+                                          "ddb.reference_recipe": "amplifier"}}
+
+
+def _setting(cfg: dict[str, Any], dotted: str, legacy: Any) -> Any:
+    """A saved config's value at a dotted key, or ``legacy`` where that config predates the key."""
+    for key in dotted.split("."):
+        if not isinstance(cfg, dict) or key not in cfg:
+            return legacy
+        cfg = cfg[key]
+    return cfg
 
 
 def collect(table: Table, log=print) -> list[dict[str, Any]]:
@@ -159,7 +181,8 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
                 values = [v for f in found if (v := _dig(f, path)) is not None]
                 row[column], row[column + "_std"] = mean_std(values)
                 row[column + "_seeds"] = len(values)
-            row["seconds"] = mean_std([sum(f.get("stage_seconds", {}).values()) for f in found])[0]
+            # a run whose stages all came from the cache computed nothing: it says nothing of the time
+            row["seconds"] = mean_std([t for f in found if (t := sum(f.get("stage_seconds", {}).values())) > 0])[0]
             row["supervised"] = any(f.get("supervised") for f in found)
             cfg_method = method.split("@")[0]
             row["published"] = published(table.dataset, cfg_method, ratio)

@@ -101,12 +101,12 @@ class LfFConfig:
 class DDBConfig:
     recipe: str = "groupdro"  # groupdro (Recipe I: Group-DRO on pseudo-groups) | lff (Recipe II: LfF-style weights)
     references: bool = side(True)  # also train real-data amplifiers (ERM for reference_epochs, GCE), report detection
-    reference_epochs: int = 2  # T of the early-stopped ERM reference amplifier (JTT-style)
-    reference_gce_epochs: int | None = added(None)  # epochs of the GCE reference amplifier on the real data (None: the
+    reference_epochs: int = side(2)  # T of the early-stopped ERM reference amplifier (JTT-style)
+    reference_gce_epochs: int | None = side(None)  # epochs of the GCE reference amplifier on the real data (None: the
     #   amplifier's). A synthetic set is a few thousand images and can take hundreds of epochs; the real set cannot
-    reference_recipe: str = added("amplifier")  # (open) how the references train: amplifier (the amplifier's
-    #   recipe: weight decay, augmentation) | plain (neither, as JTT's and LfF's own CMNIST recipes); the amplifier's
-    #   recipe keeps real-data references from memorising, plain lets them (docs/results.md)
+    reference_recipe: str = side("plain")  # (open) how the references train: plain (the amplifier's settings without
+    #   its weight decay and augmentation: JTT's and LfF's own CMNIST recipes, under which real-data models memorise)
+    #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DDBConfig:

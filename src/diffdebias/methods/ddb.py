@@ -161,8 +161,12 @@ def ddb_report(ctx: Context, scores: dict[str, Scores], syn: Stage, metrics: dic
         rows = {"synthetic (DDB amplifier)": metrics["detection"], **{
             {"erm_real": f"ERM on real data, {ctx.cfg.ddb.reference_epochs} epochs (JTT-style)",
              "gce_real": "GCE on real data (LfF-style)"}[k]: v for k, v in metrics["detection_references"].items()}}
+        recipe = {"plain": "no weight decay, no augmentation, as JTT and LfF train",
+                  "amplifier": "the amplifier's weight decay and augmentation"}[ctx.cfg.ddb.reference_recipe]
         out += ["### Bias-conflicting detection on the real training set", "",
-                f"Same rule (`{ctx.cfg.detection.rule}`) for every amplifier; AUROC and AP rank by loss.", "",
+                f"Same rule (`{ctx.cfg.detection.rule}`) for every amplifier; AUROC and AP rank by loss. The "
+                f"real-data references train with `ddb.reference_recipe={ctx.cfg.ddb.reference_recipe}` ({recipe}).",
+                "",
                 "| amplifier | precision | recall | F1 | AUROC | AP | flagged | truly conflicting |",
                 "|---|---|---|---|---|---|---|---|"]
         for name, m in rows.items():
