@@ -51,6 +51,14 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     log = capsys.readouterr().out
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log  # same images, new labels
     assert m2["content_pool"] == pool and m2["test"] != m["test"]
+    from diffdebias.evaluation.amplification import aligned_fraction
+    from diffdebias.runs import load_tensors
+
+    images = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
+    by_content = torch.tensor([int(r["content_label"]) for r in rows])  # the colour-shape numbers read these labels
+    assert m2["synthetic_colour_shape"]["synthetic_aligned_fraction"] == aligned_fraction(images, by_content)
+    assert m["synthetic_colour_shape"]["synthetic_aligned_fraction"] == aligned_fraction(
+        images, torch.tensor([int(r["label"]) for r in rows]))
 
     run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
         quiet=False)

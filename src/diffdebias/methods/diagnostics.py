@@ -26,11 +26,13 @@ def shape_classifier(ctx: Context) -> Trained:
 
 
 def colour_shape_stage(
-    ctx: Context, name: str, load: Callable[[], ImageSet], inputs: tuple[str, ...]
+    ctx: Context, name: str, load: Callable[[], ImageSet], inputs: tuple[str, ...],
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Bias-aligned fraction (stroke colour nearest to the label's majority colour), shape fidelity (grey digit
     classifier accuracy) and usable conflicting fraction (the label's digit in another class's colour) of the images
-    ``load()`` returns, as a cached stage, beside the real set's (a stage of its own, computed once per dataset)."""
+    ``load()`` returns, as a cached stage, beside the real set's (a stage of its own, computed once per dataset).
+    ``config``: whatever else shapes the images or their labels beyond ``inputs`` (it joins the stage key)."""
     from ..evaluation.amplification import aligned_fraction, to_grey, usable_conflicting_fraction
 
     d = ctx.data
@@ -62,7 +64,7 @@ def colour_shape_stage(
 
     key = {"diagnostic": "background-subtracted, colour by hue; usable conflicting"}
     real = ctx.run.cached("real_colour_shape", key, compute_real, (ctx.data_key, shape.key))
-    st = ctx.run.cached(name, key, compute, (*inputs, shape.key))
+    st = ctx.run.cached(name, {**key, **(config or {})}, compute, (*inputs, shape.key))
     return {**read_json(st.path(f"{name}.json")), **read_json(real.path("real.json"))}
 
 

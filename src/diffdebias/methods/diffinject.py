@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import key_dict, load_config
 from ..data.base import ImageSet
@@ -142,10 +143,12 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         n = len(pairs["style"])
         stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}")
         images = []
+        bar = tqdm(total=n, desc="injection", unit="img")  # pairs done, each an inversion + an injected generation
         for k, start in enumerate(range(0, n, chunk)):
             path = stage.path(f"chunk_{k:04d}.safetensors")
             if path.exists():
                 images.append(load_tensors(path)[0]["images"])
+                bar.update(len(images[-1]))
                 continue
             stop = min(start + chunk, n)
             stage.log(f"{stage.name}: images {start}-{stop} of {n}")
@@ -159,8 +162,10 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
                            gens, icfg.mask, blend_mode=icfg.blend)
                 out.append(resize(to_uint8(x).cpu(), side))
+                bar.update(e - s)
             images.append(torch.cat(out))
             save_tensors(path, {"images": images[-1]})
+        bar.close()
         images = torch.cat(images)
         save_tensors(stage.path(INJECTED), {"images": images, **pairs})
         labels = d.train.labels  # the CSV's label is the style image's; content_label is the other choice
@@ -214,8 +219,10 @@ def run_diffinject(ctx: Context) -> Trained:
     if cfg.diffinject.compare_erm:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
     if cfg.data.name == "cmnist":
-        metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape",
-                                                               lambda: synthetic, (inj.key,))
+        source = cfg.diffinject.label_source  # the numbers read the labels: another source is another stage
+        metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
+                                                               (inj.key,), None if source == "style" else
+                                                               {"label_source": source})
     ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
     return final
 
