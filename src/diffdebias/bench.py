@@ -136,13 +136,13 @@ def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[l
         if not (run / "metrics.json").exists():
             continue
         saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-        diff = config_differences(saved, to_dict(cell_config(table, method, ratio, seed)))
+        current = to_dict(cell_config(table, method, ratio, seed))
+        diff = config_differences(saved, current)
         if diff:
             stale += 1
             log(f"[bench {table.name}] left out {run}: run under another config ({', '.join(diff[:5])})")
             continue
         metrics = read_json(run / "metrics.json")
-        current = to_dict(cell_config(table, method, ratio, seed))
         for key, settings in SIDE_SETTINGS.items():  # a side measurement taken under other settings is not this one
             if saved and key in metrics and any(_setting(saved, k, legacy) != _setting(current, k, legacy)
                                       for k, legacy in settings.items()):
