@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,8 @@ def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[l
             continue
         metrics = read_json(run / "metrics.json")
         for key, settings in SIDE_SETTINGS.items():  # a side measurement taken under other settings is not this one
-            if saved and key in metrics and any(_setting(saved, k, legacy) != _setting(current, k, legacy)
-                                      for k, legacy in settings.items()):
+            if saved and key in metrics and any(_dig(saved, path, legacy) != _dig(current, path, legacy)
+                                                for path, legacy in settings.items()):
                 del metrics[key]
         found.append(metrics)
     return found, stale
@@ -154,17 +155,8 @@ def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[l
 # The settings a side measurement's metrics depend on, each with the value a config saved before it existed ran
 # under. A cell's run made under other values keeps its place in the table (side settings change none of the
 # method's numbers) but not in that measurement's columns.
-SIDE_SETTINGS = {"detection_references": {"ddb.reference_epochs": 2, "ddb.reference_gce_epochs": None,
-                                          "ddb.reference_recipe": "amplifier"}}
-
-
-def _setting(cfg: dict[str, Any], dotted: str, legacy: Any) -> Any:
-    """A saved config's value at a dotted key, or ``legacy`` where that config predates the key."""
-    for key in dotted.split("."):
-        if not isinstance(cfg, dict) or key not in cfg:
-            return legacy
-        cfg = cfg[key]
-    return cfg
+SIDE_SETTINGS = {"detection_references": {("ddb", "reference_epochs"): 2, ("ddb", "reference_gce_epochs"): None,
+                                          ("ddb", "reference_recipe"): "amplifier"}}
 
 
 def collect(table: Table, log=print) -> list[dict[str, Any]]:
@@ -178,7 +170,7 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
                 m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
                 row[metric], row[metric + "_std"] = m, s
             for column, path in DETECTION.items():  # references may have run for some seeds only (a side switch)
-                values = [v for f in found if (v := _dig(f, path)) is not None]
+                values = [float(v) for f in found if (v := _dig(f, path)) is not None]
                 row[column], row[column + "_std"] = mean_std(values)
                 row[column + "_seeds"] = len(values)
             # a run whose stages all came from the cache computed nothing: it says nothing of the time
@@ -191,13 +183,13 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
     return rows
 
 
-def _dig(metrics: dict[str, Any], path: tuple[str, ...]) -> float | None:
-    """The number at ``path`` in a run's metrics, or None where the run did not measure it."""
+def _dig(tree: dict[str, Any], path: Sequence[str], missing: Any = None) -> Any:
+    """The value at ``path`` in nested dicts (a run's metrics or saved config), or ``missing`` where it has none."""
     for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return float(metrics)
+        if not isinstance(tree, dict) or key not in tree:
+            return missing
+        tree = tree[key]
+    return tree
 
 
 def _label(method: str, rows: list[dict[str, Any]], supervised_mark: str = " (supervised)") -> str:
