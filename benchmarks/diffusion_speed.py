@@ -16,14 +16,16 @@ Ours: ``train_diffusion`` and ``sample`` from ``diffdebias.diffusion`` with thei
 The speedups therefore come from those differences together; the "variants" lines separate them: the example's loop
 with our one-head model isolates the model change, and channels_last / bf16 / compile are printed as measured.
 
-Both sides run the same batch size, image size, steps and device, interleaved in ``--rounds`` rounds; each number is
-the best round (other processes on a shared machine only ever slow a round down). Synthetic 3-channel data.
+Both sides run the same batch size, image size, steps and device (ours runs its batches side by side on a CPU,
+``sampling.workers``), interleaved in ``--rounds`` rounds; each number is the best round (other processes on a
+shared machine only ever slow a round down). Synthetic 3-channel data.
 The last line reads ``train_speedup=<x> sample_speedup=<y>``.
 
 Measured on a 2-core AMD EPYC (AVX2, no AMX/AVX512-BF16), torch 2.14 CPU, idle machine, default arguments:
-train_speedup=1.16 sample_speedup=1.07; torch.compile sampling x1.30 (39 s to compile); channels_last x0.97 / x1.00;
-bf16 autocast x0.10 training and far slower sampling (emulated bf16). Convolutions are ~80 % of a U-Net step here and
-none of the loop-level changes touch them; with attention only at the 7x7 level, 8-dim heads cost little. The large
+train_speedup=1.11 sample_speedup=1.14 (two sampling batches side by side; one batch of 64 before: 1.16 / 1.07);
+torch.compile sampling x1.30 (39 s to compile); channels_last x0.97 / x1.00; bf16 autocast x0.10 training and far
+slower sampling (emulated bf16). Convolutions are ~80 % of a U-Net step here and none of the loop-level changes touch
+them; with attention only at the 7x7 level, 8-dim heads cost little. The large
 CPU gains seen elsewhere (bf16 1.8-3x, one-head attention 1.7x) need AMX and attention at higher resolutions.
 On a busy 2-core machine run with ``--threads 1``: two OpenMP threads competing with another process ran ~10x slower.
 
@@ -163,33 +165,35 @@ def train_ours(model, images, labels, batch: int, steps: int, precision: str = "
 
 
 @torch.no_grad()
-def sample_example(model, labels, steps: int, device: str = "cpu") -> float:
-    """``DDIMPipeline.__call__``: randn_tensor, DDIMScheduler.set_timesteps, unet(...).sample, scheduler.step."""
+def sample_example(model, labels, steps: int, batch: int, device: str = "cpu") -> float:
+    """``DDIMPipeline.__call__`` once per batch of ``batch`` labels: randn_tensor, DDIMScheduler.set_timesteps,
+    unet(...).sample, scheduler.step."""
     from diffusers import DDIMScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
     t0 = time.perf_counter()
     model.eval().to(device)
-    labels = labels.to(device)
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-    generator = torch.Generator().manual_seed(0)
-    size = model.config.sample_size
-    image = randn_tensor((len(labels), 3, size, size), generator=generator, dtype=model.dtype).to(device)
-    scheduler.set_timesteps(steps)
-    for t in scheduler.timesteps:
-        model_output = model(image, t, class_labels=labels).sample
-        image = scheduler.step(model_output, t, image, eta=0.0, use_clipped_model_output=None,
-                               generator=generator).prev_sample
-    image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    for start in range(0, len(labels), batch):
+        y = labels[start:start + batch].to(device)
+        scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        generator = torch.Generator().manual_seed(start)
+        size = model.config.sample_size
+        image = randn_tensor((len(y), 3, size, size), generator=generator, dtype=model.dtype).to(device)
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps:
+            model_output = model(image, t, class_labels=y).sample
+            image = scheduler.step(model_output, t, image, eta=0.0, use_clipped_model_output=None,
+                                   generator=generator).prev_sample
+        image = (image / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     return steps * len(labels) / (time.perf_counter() - t0)
 
 
-def sample_ours(model, labels, steps: int, precision: str = "auto", compile_model: bool = False,
+def sample_ours(model, labels, steps: int, batch: int, precision: str = "auto", compile_model: bool = False,
                 device: str = "cpu") -> float:
-    """The whole ``sample`` call, set-up and uint8 conversion included, as for the example."""
+    """The whole ``sample`` call over the same batches, set-up and uint8 conversion included, as for the example."""
     from diffdebias.diffusion import DiffusionConfig, SamplingConfig, sample
 
-    scfg = SamplingConfig(steps=steps, guidance_scale=1.0, batch_size=len(labels), precision=precision,
+    scfg = SamplingConfig(steps=steps, guidance_scale=1.0, batch_size=batch, precision=precision,
                           compile=compile_model)
     t0 = time.perf_counter()
     sample(model, scfg, DiffusionConfig(), labels, torch.Generator().manual_seed(0), device, progress=False)
@@ -205,7 +209,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per round (plus one warm-up)")
-    parser.add_argument("--sample-batch", type=int, default=64)
+    parser.add_argument("--sample-batch", type=int, default=64, help="images per forward pass, both sides")
+    parser.add_argument("--sample-batches", type=int, default=2,
+                        help="batches per timed round: the example runs them one after the other, ours side by side "
+                             "on a CPU (sampling.workers)")
     parser.add_argument("--sample-steps", type=int, default=4, help="denoising steps per timed round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -227,13 +234,14 @@ def main() -> None:
     n = max(4 * args.train_batch, 512)
     images = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, num_classes, (n,), generator=g)
-    sample_labels = torch.arange(args.sample_batch) % num_classes
+    sample_labels = torch.arange(args.sample_batch * args.sample_batches) % num_classes
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, "
           f"precision auto -> {resolve_precision('auto', device)}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
     print(f"preset {args.preset}, {args.size} px, 3 channels, {num_classes} classes; train batch {args.train_batch} "
-          f"({args.train_steps} timed steps), sample batch {args.sample_batch} ({args.sample_steps} DDIM steps); "
+          f"({args.train_steps} timed steps), sample batch {args.sample_batch} x {args.sample_batches} "
+          f"({args.sample_steps} DDIM steps); "
           f"best of {args.rounds} interleaved rounds", flush=True)
 
     def ours_model():
@@ -244,7 +252,7 @@ def main() -> None:
             torch.manual_seed(0)
             return example_model(args.preset, args.size, num_classes)
 
-    tb, ts, ss = args.train_batch, args.train_steps, args.sample_steps
+    tb, ts, ss, sb = args.train_batch, args.train_steps, args.sample_steps, args.sample_batch
     base_t_name, base_s_name = "example loop, example model (8-dim heads)", "example pipeline loop, example model"
     train_variants = {
         base_t_name: lambda: train_example(example(), images, labels, tb, ts),
@@ -252,9 +260,10 @@ def main() -> None:
         "ours (defaults)": lambda: train_ours(ours_model(), images, labels, tb, ts),
     }
     sample_variants = {
-        base_s_name: lambda: sample_example(example(), sample_labels, ss, device),
-        "example pipeline loop, our model (1 head)": lambda: sample_example(ours_model(), sample_labels, ss, device),
-        "ours (defaults)": lambda: sample_ours(ours_model(), sample_labels, ss, device=device),
+        base_s_name: lambda: sample_example(example(), sample_labels, ss, sb, device),
+        "example pipeline loop, our model (1 head)": lambda: sample_example(ours_model(), sample_labels, ss, sb,
+                                                                            device),
+        "ours (defaults)": lambda: sample_ours(ours_model(), sample_labels, ss, sb, device=device),
     }
     train = {k: 0.0 for k in train_variants}
     samp = {k: 0.0 for k in sample_variants}
@@ -270,18 +279,18 @@ def main() -> None:
     if args.extras:
         cl = torch.channels_last
         train["ours + channels_last (1 round)"] = train_ours(ours_model().to(memory_format=cl), images, labels, tb, ts)
-        samp["ours + channels_last (1 round)"] = sample_ours(ours_model().to(memory_format=cl), sample_labels, ss,
+        samp["ours + channels_last (1 round)"] = sample_ours(ours_model().to(memory_format=cl), sample_labels, ss, sb,
                                                              device=device)
         other = "bf16" if resolve_precision("auto", device) == "fp32" else "fp32"
         train[f"ours, precision={other} (1 round, 1 step)"] = train_ours(ours_model(), images, labels, tb, 1, other)
-        samp[f"ours, precision={other} (1 round, 1 step)"] = sample_ours(ours_model(), sample_labels, 1, other,
+        samp[f"ours, precision={other} (1 round, 1 step)"] = sample_ours(ours_model(), sample_labels, 1, sb, other,
                                                                       device=device)
     if args.compile:
         t0 = time.perf_counter()
         model = ours_model()
-        sample_ours(model, sample_labels, 1, compile_model=True, device=device)
+        sample_ours(model, sample_labels, 1, sb, compile_model=True, device=device)
         print(f"torch.compile warm-up (compile + 1 step): {time.perf_counter() - t0:.1f} s")
-        samp["ours + torch.compile"] = max(sample_ours(model, sample_labels, ss, compile_model=True, device=device)
+        samp["ours + torch.compile"] = max(sample_ours(model, sample_labels, ss, sb, compile_model=True, device=device)
                                            for _ in range(args.rounds))
 
     base_t, base_s = train[base_t_name], samp[base_s_name]

@@ -27,9 +27,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="inversion / generation grid size")
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--blend", default="slerp", choices=["slerp", "mean", "adain"], help="injection.blend")
+    parser.add_argument("--t-start", type=int, nargs="+", default=[None],
+                        help="injection.t_start: invert only up to this timestep and generate from there")
     args = parser.parse_args()
 
-    from diffdebias.diffusion.injection import inject, injection_grid, invert
+    from diffdebias.diffusion.injection import inject, injection_grid, invert, truncated_grid
     from diffdebias.runs import load_tensors
     from injection_probe import load_probe
 
@@ -38,27 +40,32 @@ def main() -> None:
     style, content = pairs["style"][: args.pairs], pairs["content"][: args.pairs]
     label = p.train.labels[style]
     content_colour = p.colours(p.train.images[content])
-    grid = injection_grid(p.cfg.diffusion.num_train_timesteps, args.steps)
+    full = injection_grid(p.cfg.diffusion.num_train_timesteps, args.steps)
     t0 = time.time()
-    x_T, _ = invert(p.model, p.to_model(p.train.images[style]), grid, p.alphas_cumprod)
-    _, h = invert(p.model, p.to_model(p.train.images[content]), grid, p.alphas_cumprod, record_from=min(args.t_edit))
-    print(f"{len(style)} pairs, {args.steps}-point grid, inversions {time.time() - t0:.0f} s", flush=True)
-    print("gamma  t_edit  style digit kept  content colour  useful  seconds")
+    _, h = invert(p.model, p.to_model(p.train.images[content]), full, p.alphas_cumprod, record_from=min(args.t_edit))
+    print(f"{len(style)} pairs, {args.steps}-point grid, content inversion {time.time() - t0:.0f} s", flush=True)
+    print("t_start  gamma  t_edit  style digit kept  content colour  useful  seconds (style inversion included)")
     best = (-1.0, None)
-    for t_edit in args.t_edit:
-        for gamma in args.gamma:
-            t0 = time.time()
-            gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
-            u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit, p.cfg.injection.t_boost,
-                                 p.cfg.injection.boost_eta, gens, blend_mode=args.blend))
-            digit, colour = p.digits(u8), p.colours(u8)
-            kept = float((digit == label).double().mean())
-            moved = float((colour == content_colour).double().mean())
-            useful = float(((digit == label) & (colour != label)).double().mean())
-            best = max(best, (useful, (gamma, t_edit)))
-            print(f"{gamma:5.2f}  {t_edit:6d}  {kept:16.3f}  {moved:14.3f}  {useful:6.3f}  {time.time() - t0:7.0f}",
-                  flush=True)
-    print(f"best useful={best[0]:.3f} gamma={best[1][0]} t_edit={best[1][1]}")
+    for t_start in args.t_start:
+        grid = truncated_grid(full, t_start)
+        t0 = time.time()
+        x_T = invert(p.model, p.to_model(p.train.images[style]), grid, p.alphas_cumprod)[0]
+        for t_edit in args.t_edit:
+            for gamma in args.gamma:
+                gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
+                u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit,
+                                         p.cfg.injection.t_boost, p.cfg.injection.boost_eta, gens,
+                                         blend_mode=args.blend))
+                digit, colour = p.digits(u8), p.colours(u8)
+                kept = float((digit == label).double().mean())
+                moved = float((colour == content_colour).double().mean())
+                useful = float(((digit == label) & (colour != label)).double().mean())
+                if useful > best[0]:
+                    best = (useful, (grid[-1], gamma, t_edit))
+                print(f"{grid[-1]:7d}  {gamma:5.2f}  {t_edit:6d}  {kept:16.3f}  {moved:14.3f}  {useful:6.3f}  "
+                      f"{time.time() - t0:7.0f}", flush=True)
+                t0 = time.time()
+    print(f"best useful={best[0]:.3f} t_start={best[1][0]} gamma={best[1][1]} t_edit={best[1][2]}")
 
 
 if __name__ == "__main__":

@@ -118,3 +118,30 @@ def test_injection_with_a_smaller_unet_gives_images_at_the_data_size(tmp_path, f
     assert images.shape[1:] == (3, 28, 28) and len(images) == m["synthetic_images"]
     assert images.float().std() > 10  # generated content, not a blank upsampled canvas
     assert load_tensors(out / "injection_diffusion" / "unet.safetensors")[1]["unet_config"]["sample_size"] == 16
+
+
+def test_injection_gives_the_same_images_with_batches_in_parallel(tmp_path, fake_mnist):
+    from diffdebias.runs import load_tensors
+
+    images = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        run(fake_mnist, out, "--set", f"injection.workers={workers}", "--set", "injection.batch_size=16",
+            "--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1")
+        images.append(load_tensors(out / "injection" / "injected.safetensors")[0]["images"])
+    assert len(images[0]) > 16 * 3 and torch.equal(images[0], images[1])
+
+
+def test_map_batches_keeps_the_order_and_restores_the_thread_count():
+    from diffdebias.devices import cpu_workers, map_batches
+
+    threads = torch.get_num_threads()
+    seen = []
+
+    def square(i: int) -> int:
+        seen.append(torch.get_num_threads())
+        return i * i
+
+    assert map_batches(square, range(7), workers=3) == [i * i for i in range(7)]
+    assert set(seen) == {1} and torch.get_num_threads() == threads
+    assert cpu_workers(torch.device("cpu"), 3) == 3 and cpu_workers(torch.device("meta")) == 1

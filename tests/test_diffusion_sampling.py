@@ -100,6 +100,9 @@ def test_same_seed_same_images_and_batch_size_independence(cond_model):
         scfg.batch_size = 2  # other batches: the same images up to rounding of the last bit
         d = sample(cond_model, scfg, dcfg, labels, torch.Generator().manual_seed(7), "cpu", progress=False)
         assert (a.int() - d.int()).abs().max() <= 1
+        scfg.workers = 3  # the same batches, three at a time: the same images exactly
+        assert torch.equal(sample(cond_model, scfg, dcfg, labels, torch.Generator().manual_seed(7), "cpu",
+                                  progress=False), d)
 
 
 def test_guidance_needs_a_conditional_model():

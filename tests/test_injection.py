@@ -88,6 +88,21 @@ def test_inversion_then_generation_is_exact_for_an_exact_noise_model(analytic_mo
     assert torch.allclose(back.double(), analytic_model, atol=1e-5)
 
 
+def test_a_truncated_grid_stops_the_inversion_at_t_start_and_generation_starts_there(analytic_model):
+    full = inj.injection_grid(1000, 50)
+    grid = inj.truncated_grid(full, 600)
+    assert grid == [t for t in full if t <= 600] and grid[-1] < 600 < full[len(grid)]
+    assert inj.truncated_grid(full, None) == full
+    x_t, recorded = inj.invert(None, analytic_model, grid, ABAR, record_from=400)
+    assert max(recorded) < 600
+    x_T, _ = inj.invert(None, analytic_model, full, ABAR)
+    assert (x_t - x_T).abs().max() > 0.1  # generation starts from the partly noised input, not from x_T
+    back = inj.inject(None, x_t, recorded, grid, ABAR, gamma=0.0, t_edit=400, t_boost=-1)
+    assert torch.allclose(back.double(), analytic_model, atol=1e-5)
+    with pytest.raises(ValueError, match="t_start"):
+        inj.truncated_grid(full, 5)
+
+
 def test_h_is_injected_only_from_t_edit_and_noise_only_up_to_t_boost(analytic_model, monkeypatch):
     grid = inj.injection_grid(1000, 20)
     x_T, recorded = inj.invert(None, analytic_model, grid, ABAR, record_from=400)
@@ -153,6 +168,8 @@ def test_injection_config_errors_name_the_field():
         load_config(None, ["injection.gamma=1.5"])
     with pytest.raises(ConfigError, match="injection.t_boost"):
         load_config(None, ["injection.t_boost=500"])
+    with pytest.raises(ConfigError, match="injection.t_start"):
+        load_config(None, ["injection.t_start=300"])
     with pytest.raises(ConfigError, match="injection.mask"):
         load_config(None, ["injection.mask=[0.5, 0.2, 0, 1]"])
     with pytest.raises(ConfigError, match="diffusion.conditional=false"):

@@ -39,3 +39,28 @@ def autocast(device: torch.device, precision: str):
     if precision != "fp32":
         raise ValueError(f"unknown precision '{precision}' (known: fp32, bf16)")
     return nullcontext()
+
+
+def cpu_workers(device: torch.device, requested: int = 0) -> int:
+    """How many batches to run side by side: ``requested`` if set, else one per intra-op thread on a CPU (a small
+    U-Net's ops are too short to spread over several threads, whole batches are not) and 1 on a GPU."""
+    if requested > 0:
+        return requested
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1
+
+
+def map_batches(fn, items, workers: int) -> list:
+    """``[fn(x) for x in items]`` with ``workers`` threads, each op single-threaded meanwhile (torch releases the GIL
+    inside ops, so whole batches run in parallel); results in the order of ``items``."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(items))) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)

@@ -107,6 +107,7 @@ class SamplingConfig:
     guidance_scale: float = 2.0  # s in eps_u + s*(eps_c - eps_u); 1: conditional; DDB's "w=1" is s=2 (open)
     per_class: int = 1000  # images per class for the synthetic set (DDB: 1,000-2,000 suffice) (open)
     batch_size: int = execution(256)  # images per forward pass (a guided pass runs 2x this many rows)
+    workers: int = execution(0)  # batches run side by side in threads; 0: one per CPU thread on a CPU, 1 on a GPU
     timestep_spacing: str = "trailing"  # leading | trailing | linspace: trailing starts at t=T-1, where x_T~N(0,I)
     precision: str = "auto"  # fp32 | bf16 | auto (as diffusion.precision)
     compile: bool = False  # torch.compile the U-Net for sampling (pays a one-off compile of ~1 min on CPU)
@@ -117,6 +118,7 @@ class SamplingConfig:
         _choice("sampling.precision", self.precision, PRECISIONS)
         _positive("sampling.steps", self.steps)
         _positive("sampling.batch_size", self.batch_size)
+        _workers("sampling.workers", self.workers)
         _at_least("sampling.per_class", self.per_class, 0)
         if not 0 <= self.eta <= 1:
             raise DiffusionConfigError(f"sampling.eta must be in [0, 1], got {self.eta}")
@@ -141,11 +143,15 @@ class InjectionConfig:
     boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
     blend: str = added("slerp")  # slerp (the paper) | mean | adain: only h's per-channel statistics move to the
     #   content's, its spatial layout stays the style's (docs/results.md)
+    t_start: int | None = added(None)  # invert only up to the last grid step <= t_start and generate from there
+    #   (SDEdit-like truncation: fewer U-Net passes per image); null: the whole grid, as the paper (open)
     mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
     batch_size: int = execution(64)  # images per inversion/generation batch (CPU optimum ~64; raise it on a GPU)
+    workers: int = execution(0)  # batches run side by side in threads; 0: one per CPU thread on a CPU, 1 on a GPU
 
     def validate(self) -> InjectionConfig:
         _positive("injection.batch_size", self.batch_size)
+        _workers("injection.workers", self.workers)
         if self.steps < 2:
             raise DiffusionConfigError(f"injection.steps must be >= 2, got {self.steps}")
         if not 0 <= self.gamma <= 1:
@@ -156,6 +162,9 @@ class InjectionConfig:
         if self.t_boost >= self.t_edit:
             raise DiffusionConfigError(
                 f"injection.t_boost ({self.t_boost}) must be below injection.t_edit ({self.t_edit})")
+        if self.t_start is not None and not self.t_start > self.t_edit:
+            raise DiffusionConfigError(
+                f"injection.t_start ({self.t_start}) must be above injection.t_edit ({self.t_edit}), or null")
         if self.mask is not None:
             m = self.mask
             if len(m) != 4 or not (0 <= m[0] < m[1] <= 1 and 0 <= m[2] < m[3] <= 1):
@@ -168,6 +177,11 @@ class InjectionConfig:
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise DiffusionConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _workers(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DiffusionConfigError(f"{name} must be an integer >= 0 (0: one per CPU thread), got {value}")
 
 
 def _positive(name: str, value: int) -> None:

@@ -138,6 +138,17 @@ def injection_grid(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(v) for v in torch.linspace(0, num_train_timesteps - 1, steps).round().long()]
 
 
+def truncated_grid(grid: Sequence[int], t_start: int | None) -> list[int]:
+    """The grid points up to ``t_start`` (None: all): inversion then stops at the last of them, and generation
+    starts there, from a partly noised style instead of pure noise (fewer U-Net passes, more of the style kept)."""
+    if t_start is None:
+        return list(grid)
+    kept = [t for t in grid if t <= t_start]
+    if len(kept) < 2:
+        raise ValueError(f"injection t_start {t_start} leaves fewer than 2 grid points (grid starts {grid[:2]})")
+    return kept
+
+
 def _abar(alphas_cumprod: torch.Tensor, t: int) -> float:
     return 1.0 if t < 0 else float(alphas_cumprod[t])
 

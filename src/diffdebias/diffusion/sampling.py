@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..devices import cpu_workers, map_batches
 from ..runs import atomic_path
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .models import autocast, model_num_classes, null_label, resolve_precision, unwrap
@@ -247,7 +248,9 @@ def sample(
     stochastic = cfg.sampler == "ddpm" or cfg.eta > 0
     out = torch.empty((n, *shape), dtype=torch.uint8)
     bar = tqdm(total=n * len(ts), unit="img-step", desc="sampling", disable=not progress, leave=False)
-    for start in range(0, n, cfg.batch_size):
+
+    @torch.inference_mode()  # grad mode is per thread: the workers need their own
+    def one_batch(start: int) -> None:  # rows start.. of ``out``; the same batches for any number of workers
         stop = min(start + cfg.batch_size, n)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]]
         x = _noise(gens, shape, device)
@@ -271,6 +274,9 @@ def sample(
                 x = ddpm_step(x, eps, abar_t, abar_prev, noise, clip=diffusion_cfg.clip_sample)
             bar.update(stop - start)
         out[start:stop] = to_uint8(x[: stop - start]).cpu()
+
+    # torch.compile'd modules are not called from several threads at once
+    map_batches(one_batch, range(0, n, cfg.batch_size), 1 if cfg.compile else cpu_workers(device, cfg.workers))
     bar.close()
     return out
 

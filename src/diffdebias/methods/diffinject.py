@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import key_dict, load_config
 from ..data.base import ImageSet
-from ..devices import accelerator
+from ..devices import accelerator, cpu_workers, map_batches
 from ..runs import Stage, load_tensors, save_tensors
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .diagnostics import colour_shape_stage, colour_shape_table
@@ -111,7 +111,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
-        from ..diffusion.injection import check_splittable, inject, injection_grid, invert
+        from ..diffusion.injection import check_splittable, inject, injection_grid, invert, truncated_grid
         from ..diffusion.sampling import resize, to_uint8, to_unit
         from ..diffusion.schedule import alphas_cumprod
 
@@ -120,8 +120,9 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         model = load_unet(diffusion.path(UNET)).to(device)
         check_splittable(model)
         abar = alphas_cumprod(dcfg).double()
-        grid = injection_grid(dcfg.num_train_timesteps, icfg.steps)
+        grid = truncated_grid(injection_grid(dcfg.num_train_timesteps, icfg.steps), icfg.t_start)
         bs = icfg.batch_size
+        workers = cpu_workers(device, icfg.workers)
         side = d.train.images.shape[-1]
 
         def unit(index: torch.Tensor) -> torch.Tensor:  # training images as the U-Net sees them
@@ -152,8 +153,8 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 continue
             stop = min(start + chunk, n)
             stage.log(f"{stage.name}: images {start}-{stop} of {n}")
-            out = []
-            for s in range(start, stop, bs):
+
+            def one_batch(s: int, stop: int = stop) -> torch.Tensor:  # the same batches for any number of workers
                 e = min(s + bs, stop)
                 style, content = pairs["style"][s:e], pairs["content"][s:e]
                 x_T, _ = invert(model, unit(style), grid, abar)
@@ -161,9 +162,10 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
                            gens, icfg.mask, blend_mode=icfg.blend)
-                out.append(resize(to_uint8(x).cpu(), side))
                 bar.update(e - s)
-            images.append(torch.cat(out))
+                return resize(to_uint8(x).cpu(), side)
+
+            images.append(torch.cat(map_batches(one_batch, range(start, stop, bs), workers)))
             save_tensors(path, {"images": images[-1]})
         bar.close()
         images = torch.cat(images)
@@ -236,7 +238,8 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     out = ["## DiffInject", "",
            f"Content pool: top {di.top_k} per class by the `{di.content_source}` ranking; styles from "
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
-           f"{ic.steps}-step grid, t_edit {ic.t_edit}, t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
+           f"{ic.steps}-step grid{'' if ic.t_start is None else f' up to t_start {ic.t_start}'}, t_edit {ic.t_edit}, "
+           f"t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images.", ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:

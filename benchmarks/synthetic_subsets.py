@@ -1,0 +1,73 @@
+"""How much could a better choice of synthetic images buy? The final classifier of a finished DiffInject run on
+Colored MNIST, retrained on the real training set plus a subset of the run's synthetic images.
+
+Subsets: ``all`` (the run's own set: retrained here, it reproduces the run's number); ``useful`` (an oracle: the
+images the grey shape classifier reads as their label's digit and whose stroke is another class's colour, i.e. what a
+perfect filter would keep; it reads the colour, the bias); ``similar`` (grey images correlated >= 0.7 with their style
+image: the style's digit kept); ``similar_conflicting`` (``similar`` and not assigned to their label by the run's
+GCE-biased classifier). Same classifier settings as the run (its ``classifier`` section), selection as the run's;
+test unbiased accuracy.
+
+    python benchmarks/synthetic_subsets.py runs/di/mean-s50-r03-s1 --subsets useful similar all
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+SUBSETS = ("all", "useful", "similar", "similar_conflicting")
+
+
+def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pair Pearson correlation of two batches of grey (N, 1, H, W) images."""
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="a finished DiffInject run directory on Colored MNIST")
+    parser.add_argument("--subsets", nargs="+", default=list(SUBSETS), choices=SUBSETS)
+    args = parser.parse_args()
+
+    from diffdebias.classifiers.train import evaluate, predict_logits, train_classifier
+    from diffdebias.data.base import ImageSet
+    from diffdebias.evaluation.amplification import to_grey
+    from diffdebias.methods.common import Context, train_stage
+    from diffdebias.runs import Run, Stage, load_tensors
+    from injection_probe import load_probe
+
+    p = load_probe(args.run)
+    cfg = p.cfg
+    ctx = Context(cfg, Run(args.run, cfg.seed, quiet=True))
+    d = ctx.data
+    t, _ = load_tensors(args.run / "injection" / "injected.safetensors")
+    images, style = t["images"], t["style"]
+    labels = d.train.labels[t[cfg.diffinject.label_source]]
+    grey = to_grey(images)
+    similar = grey_correlation(grey, to_grey(d.train.images[style])) >= 0.7
+    biased = train_stage(ctx, "biased_classifier", cfg.amplifier).model
+    conflicting = predict_logits(biased, images).argmax(1) != labels
+    keep = {"all": torch.ones(len(images), dtype=torch.bool),
+            "useful": (p.digits(images) == labels) & (p.colours(images) != labels),
+            "similar": similar, "similar_conflicting": similar & conflicting}
+    print("subset  images  unbiased  conflicting")
+    for name in args.subsets:
+        m = keep[name]
+        train = ImageSet(torch.cat([d.train.images, images[m]]), torch.cat([d.train.labels, labels[m]]))
+        with tempfile.TemporaryDirectory() as tmp:
+            # the run's stage name: the same initial weights and batch order seeds as the run's final classifier
+            stage = Stage("classifier", Path(tmp), "subset", cfg.seed, log=lambda s: None)
+            model = train_classifier(stage, train, cfg.classifier, d.num_classes, d.valid, d.num_bias)
+        r = evaluate(model, d.test, d.num_classes, d.num_bias)
+        print(f"{name}  {int(m.sum())}  {100 * r['unbiased_accuracy']:.2f}  {100 * r['conflicting_accuracy']:.2f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
