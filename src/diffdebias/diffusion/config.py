@@ -118,7 +118,7 @@ class SamplingConfig:
         _choice("sampling.precision", self.precision, PRECISIONS)
         _positive("sampling.steps", self.steps)
         _positive("sampling.batch_size", self.batch_size)
-        _workers("sampling.workers", self.workers)
+        _positive("sampling.workers", self.workers, low=0)  # 0: automatic
         _at_least("sampling.per_class", self.per_class, 0)
         if not 0 <= self.eta <= 1:
             raise DiffusionConfigError(f"sampling.eta must be in [0, 1], got {self.eta}")
@@ -151,7 +151,7 @@ class InjectionConfig:
 
     def validate(self) -> InjectionConfig:
         _positive("injection.batch_size", self.batch_size)
-        _workers("injection.workers", self.workers)
+        _positive("injection.workers", self.workers, low=0)  # 0: automatic
         if self.steps < 2:
             raise DiffusionConfigError(f"injection.steps must be >= 2, got {self.steps}")
         if not 0 <= self.gamma <= 1:
@@ -179,14 +179,10 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise DiffusionConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _workers(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DiffusionConfigError(f"{name} must be an integer >= 0 (0: one per CPU thread), got {value}")
-
-
-def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DiffusionConfigError(f"{name} must be a positive integer, got {value!r}")
+def _positive(name: str, value: int, low: int = 1) -> None:
+    """An integer count of at least ``low`` (1 unless said otherwise)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise DiffusionConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _at_least(name: str, value: float, low: float) -> None:
