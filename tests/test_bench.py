@@ -81,6 +81,7 @@ def test_cells_run_under_another_config_are_left_out(tmp_path):
             del saved["classifier"]["select"]  # an option added since: not a difference
             saved["sampling"]["batch_size"] += 1  # nor is an execution setting
             saved["ddb"]["references"] = not saved["ddb"]["references"]  # nor a side measurement's switch
+            saved["name"] = "the same overrides under another label"  # nor the run's name
         (table.run_dir("erm", 0.01, seed) / "config.yaml").write_text(yaml.safe_dump(saved))
     logged = []
     row = collect(table, log=logged.append)[0]

@@ -72,3 +72,22 @@ def test_ddb_reference_epochs_must_be_positive():
     with pytest.raises(ConfigError, match="ddb.reference_gce_epochs"):
         load_config("configs/cmnist/ddb.yaml", ["ddb.reference_gce_epochs=0"])
     assert load_config("configs/cmnist/ddb.yaml", ["ddb.reference_gce_epochs=7"]).ddb.reference_gce_epochs == 7
+
+
+def test_every_shipped_config_and_table_loads():
+    """A shipped config file that no longer validates is caught here, not by the user who runs it."""
+    from pathlib import Path
+
+    from diffdebias.bench import cell_config, load_table
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = [path for folder in (root, root / "cmnist", root / "generic") for path in sorted(folder.glob("*.yaml"))]
+    assert len(configs) >= 12
+    for path in configs:
+        assert load_config(path).method, path
+    cpu = load_config(root / "cmnist" / "diffinject_cpu.yaml")
+    assert (cpu.injection.blend, cpu.injection.gamma, cpu.injection.t_start) == ("mean", 4.0, 400)
+    for path in sorted((root / "tables").glob("*.yaml")):
+        table = load_table(path)
+        for method, ratio, seed in table.cells():
+            assert cell_config(table, method, ratio, seed).data.conflict_ratio == ratio, path

@@ -60,6 +60,9 @@ def test_statistics_blends_move_channel_statistics_and_keep_the_layout():
     assert torch.allclose(out - out.mean((2, 3), keepdim=True), h - h.mean((2, 3), keepdim=True), atol=1e-5)  # h's
     half = inj.blend(h, hc, 0.5, mode="mean").mean((2, 3))
     assert torch.allclose(half, (h.mean((2, 3)) + hc.mean((2, 3))) / 2, atol=1e-5)
+    past = inj.blend(h, hc, 3.0, mode="mean")  # gamma > 1 goes past the content's means along the same line
+    assert torch.allclose(past.mean((2, 3)), h.mean((2, 3)) + 3 * (hc.mean((2, 3)) - h.mean((2, 3))), atol=1e-5)
+    assert torch.allclose(past - past.mean((2, 3), keepdim=True), h - h.mean((2, 3), keepdim=True), atol=1e-5)
     ada = inj.blend(h, hc, 1.0, mode="adain")
     assert torch.allclose(ada.mean((2, 3)), hc.mean((2, 3)), atol=1e-4)
     assert torch.allclose(ada.std((2, 3)), hc.std((2, 3)), rtol=1e-3)
@@ -165,7 +168,10 @@ def test_a_trained_tiny_model_reconstructs_its_inputs(tmp_path):
 
 def test_injection_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="injection.gamma"):
-        load_config(None, ["injection.gamma=1.5"])
+        load_config(None, ["injection.gamma=1.5"])  # slerp stays in [0, 1]
+    with pytest.raises(ConfigError, match="injection.gamma"):
+        load_config(None, ["injection.blend=mean", "injection.gamma=-1"])
+    assert load_config(None, ["injection.blend=mean", "injection.gamma=4"]).injection.gamma == 4
     with pytest.raises(ConfigError, match="injection.t_boost"):
         load_config(None, ["injection.t_boost=500"])
     with pytest.raises(ConfigError, match="injection.t_start"):

@@ -109,10 +109,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-# Settings that change where and how fast a run goes, not its protocol (the config's execution fields), and switches
-# for side measurements that change none of the method's numbers (its side fields).
+# Settings that change where and how fast a run goes, not its protocol (the config's execution fields), switches
+# for side measurements that change none of the method's numbers (its side fields), and the run's label (a config
+# file that only names a set of overrides runs the same protocol).
 EXECUTION_KEYS = frozenset(execution_keys(Config()))
-IGNORED_KEYS = EXECUTION_KEYS | marked_keys(Config(), "side")
+IGNORED_KEYS = EXECUTION_KEYS | marked_keys(Config(), "side") | {"name"}
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

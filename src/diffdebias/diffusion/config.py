@@ -137,7 +137,8 @@ class InjectionConfig:
     """
 
     steps: int = 50  # inversion/generation grid size (released code: injection on a 50-point grid) (open)
-    gamma: float = 0.3  # slerp weight of the content h (released: 0.3 CCIFAR, 0.7 BFFHQ; swept 0.1-0.9)
+    gamma: float = 0.3  # slerp weight of the content h (released: 0.3 CCIFAR, 0.7 BFFHQ; swept 0.1-0.9); in [0, 1]
+    #   for slerp; mean/adain accept gamma > 1, which moves h's statistics past the content's (extrapolation)
     t_edit: int = 400  # h is injected at steps with t >= t_edit (aug_diffstyle.py: 400; scripts: 500)
     t_boost: int = 200  # steps with t <= t_boost are stochastic ("quality boosting")
     boost_eta: float = 1.0  # DDIM eta in the boosting interval (released: 1)
@@ -154,8 +155,10 @@ class InjectionConfig:
         _positive("injection.workers", self.workers, low=0)  # 0: automatic
         if self.steps < 2:
             raise DiffusionConfigError(f"injection.steps must be >= 2, got {self.steps}")
-        if not 0 <= self.gamma <= 1:
-            raise DiffusionConfigError(f"injection.gamma must be in [0, 1], got {self.gamma}")
+        if self.gamma < 0 or (self.blend == "slerp" and self.gamma > 1):
+            raise DiffusionConfigError(
+                f"injection.gamma must be in [0, 1] for blend slerp and >= 0 for mean/adain; got {self.gamma} "
+                f"with blend {self.blend!r}")
         if not 0 <= self.boost_eta <= 1:
             raise DiffusionConfigError(f"injection.boost_eta must be in [0, 1], got {self.boost_eta}")
         _choice("injection.blend", self.blend, BLENDS)

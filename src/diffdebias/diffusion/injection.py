@@ -104,7 +104,8 @@ def box_mask(box: Sequence[float], height: int, width: int, device=None) -> torc
 
 def channel_statistics(h: torch.Tensor, h_content: torch.Tensor, gamma: float, std: bool = False) -> torch.Tensor:
     """Move each channel's spatial mean (and, with ``std``, its spatial spread: AdaIN) of ``h`` towards the content's,
-    keeping the style's spatial pattern: global attributes (a colour) travel, the layout (a digit's shape) stays."""
+    keeping the style's spatial pattern: global attributes (a colour) travel, the layout (a digit's shape) stays.
+    ``gamma`` 1 lands on the content's statistics; above 1 it goes past them along the same line (extrapolation)."""
     mu, mu_c = h.mean((2, 3), keepdim=True), h_content.mean((2, 3), keepdim=True)
     scale = 1.0
     if std:
