@@ -17,6 +17,7 @@ class Probe:
     shape: torch.nn.Module
     model: torch.nn.Module
     alphas_cumprod: torch.Tensor
+    test: object = None
 
     def digits(self, images: torch.Tensor) -> torch.Tensor:
         """The digit the run's grey-scale shape classifier reads in uint8 images."""
@@ -58,4 +59,5 @@ def load_probe(run: Path) -> Probe:
     shape = load_classifier(Stage("shape_classifier", run / "shape_classifier", "", seed=0, log=print),
                             SHAPE_CLASSIFIER)
     model = load_unet(run / "injection_diffusion" / "unet.safetensors")
-    return Probe(cfg, load_dataset(cfg.data).train, shape, model, alphas_cumprod(cfg.diffusion).double())
+    splits = load_dataset(cfg.data)
+    return Probe(cfg, splits.train, shape, model, alphas_cumprod(cfg.diffusion).double(), splits.test)

@@ -31,7 +31,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from diffdebias.classifiers.train import load_classifier, predict_logits
-    from diffdebias.data import load_dataset
     from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import nearest_color, stroke_colors
     from diffdebias.runs import Stage, load_tensors
@@ -55,7 +54,7 @@ def main() -> None:
         _, real_offset = offsets(p.train.images)
         cells = coverage(labels[useful], colour[useful])
         off = cells[~torch.eye(10, dtype=torch.bool)]
-        test = load_dataset(p.cfg.data).test
+        test = p.test
         final = load_classifier(Stage("classifier", run / "classifier", "", seed=0, log=print), p.cfg.classifier)
         hit = (predict_logits(final, test.images).argmax(1) == test.labels).double()
         cell = test.labels * 10 + test.bias
