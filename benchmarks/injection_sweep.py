@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="inversion / generation grid size")
     parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--blend", default="slerp", choices=["slerp", "mean", "adain"], help="injection.blend")
+    parser.add_argument("--t-boost", type=int, help="injection.t_boost (default: the run's)")
     parser.add_argument("--t-start", type=int, nargs="+", default=[None],
                         help="injection.t_start: invert only up to this timestep and generate from there")
     args = parser.parse_args()
@@ -46,6 +47,7 @@ def main() -> None:
     print(f"{len(style)} pairs, {args.steps}-point grid, content inversion {time.time() - t0:.0f} s", flush=True)
     print("t_start  gamma  t_edit  style digit kept  content colour  useful  seconds (style inversion included)")
     best = (-1.0, None)
+    t_boost = p.cfg.injection.t_boost if args.t_boost is None else args.t_boost
     for t_start in args.t_start:
         grid = truncated_grid(full, t_start)
         t0 = time.time()
@@ -54,7 +56,7 @@ def main() -> None:
             for gamma in args.gamma:
                 gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
                 u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit,
-                                         p.cfg.injection.t_boost, p.cfg.injection.boost_eta, gens,
+                                         t_boost, p.cfg.injection.boost_eta, gens,
                                          blend_mode=args.blend))
                 digit, colour = p.digits(u8), p.colours(u8)
                 kept = float((digit == label).double().mean())
