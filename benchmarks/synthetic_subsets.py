@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-SUBSETS = ("all", "useful", "similar", "similar_conflicting")
+SUBSETS = ("all", "useful", "similar", "similar_conflicting", "palette")
 
 
 def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -27,6 +27,15 @@ def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.float().flatten(1), b.float().flatten(1)
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-6)
+
+
+def snap_to_palette(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) images redrawn as ``colour * grey`` with each image's palette colour (N, 3) in [0, 1]; the
+    grey is each pixel's projection on that colour, so the stroke's shape and brightness stay."""
+    x = images.float() / 255
+    c = colours[:, :, None, None].float()
+    grey = ((x * c).sum(1, keepdim=True) / (c * c).sum(1, keepdim=True)).clamp(0, 1)
+    return (c * grey * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def main() -> None:
@@ -37,6 +46,7 @@ def main() -> None:
 
     from diffdebias.classifiers.train import evaluate, predict_logits, train_classifier
     from diffdebias.data.base import ImageSet
+    from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import to_grey
     from diffdebias.methods.common import Context, train_stage
     from diffdebias.runs import Run, Stage, load_tensors
@@ -53,13 +63,15 @@ def main() -> None:
     similar = grey_correlation(grey, to_grey(d.train.images[style])) >= 0.7
     biased = train_stage(ctx, "biased_classifier", cfg.amplifier).model
     conflicting = predict_logits(biased, images).argmax(1) != labels
-    keep = {"all": torch.ones(len(images), dtype=torch.bool),
+    everything = torch.ones(len(images), dtype=torch.bool)
+    keep = {"all": everything, "palette": everything,
             "useful": (p.digits(images) == labels) & (p.colours(images) != labels),
             "similar": similar, "similar_conflicting": similar & conflicting}
     print("subset  images  unbiased  conflicting")
     for name in args.subsets:
         m = keep[name]
-        train = ImageSet(torch.cat([d.train.images, images[m]]), torch.cat([d.train.labels, labels[m]]))
+        chosen = snap_to_palette(images, COLORS[p.colours(images)]) if name == "palette" else images[m]
+        train = ImageSet(torch.cat([d.train.images, chosen]), torch.cat([d.train.labels, labels[m]]))
         with tempfile.TemporaryDirectory() as tmp:
             # the run's stage name: the same initial weights and batch order seeds as the run's final classifier
             stage = Stage("classifier", Path(tmp), "subset", cfg.seed, log=lambda s: None)

@@ -1,10 +1,11 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from diffdebias.cli import main
-from diffdebias.methods.diffinject import top_k_per_class
+from diffdebias.methods.diffinject import misclassified, top_k_per_class
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -25,6 +26,22 @@ def test_top_k_per_class_takes_each_class_highest_losses():
     loss = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.3, 0.0])
     assert top_k_per_class(loss, labels, 2).tolist() == [1, 2, 3, 4, 5]
     assert top_k_per_class(loss, labels, 1).tolist() == [1, 4, 5]
+
+
+def test_error_set_pool_is_every_misclassified_sample():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert misclassified(torch.tensor([0, 1, 1, 0, 2, 0]), labels).tolist() == [1, 3, 5]
+    with pytest.raises(ValueError, match="content_pool=top_k"):
+        misclassified(labels.clone(), labels)
+
+
+def test_bad_content_pool_is_a_config_error():
+    from diffdebias.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="diffinject.content_pool"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.content_pool=random"])
+    with pytest.raises(ConfigError, match="diffinject.synthetic_share"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.synthetic_share=1.0"])
 
 
 def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_path, fake_mnist, capsys):
@@ -65,6 +82,12 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     log = capsys.readouterr().out  # the report's ERM shapes neither the images nor the classifier
     assert "stage injection: done, skipped" in log and "stage classifier: done, skipped" in log
 
+    m3 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.synthetic_share=0.5", quiet=False)
+    log = capsys.readouterr().out  # another sampling of the same images: only the classifier trains again
+    assert "stage injection: done, skipped" in log and "stage classifier: running" in log
+    assert m3["test"] != m2["test"] and "synthetic_share: 0.5" in (out / "config.yaml").read_text()
+
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     from diffdebias.config import load_config
@@ -92,6 +115,24 @@ def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     # unsupervised style pool: the content pool is excluded, nothing else
     contents = {int(r["content"]) for r in rows}
     assert not contents & set(styles.tolist())
+
+
+def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
+    from diffdebias.config import load_config
+    from diffdebias.data import load_dataset
+    from diffdebias.runs import load_tensors
+
+    out = tmp_path / "di"
+    m = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false")
+    scores = load_tensors(out / "biased_scores" / "scores.safetensors")[0]
+    cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05"])
+    labels = load_dataset(cfg.data).train.labels
+    wrong = scores["pred"] != labels
+    assert m["content_pool"]["pool"] == int(wrong.sum())
+    contents = torch.tensor([int(r["content"]) for r in csv.DictReader(
+        (out / "injection" / "images" / "synthetic.csv").open())])
+    assert wrong[contents].all() and m["synthetic_images"] == round(0.1 * (1350 - int(wrong.sum())))
+    assert "misclassified by the `gce` ranking" in (out / "report.md").read_text()
 
 
 def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):

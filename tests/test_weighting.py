@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from diffdebias.classifiers.weighting import (
@@ -7,6 +8,7 @@ from diffdebias.classifiers.weighting import (
     FixedBiasLossWeights,
     GroupDRO,
     PerSampleEMA,
+    SyntheticShare,
     balanced_order,
     class_max_normalize,
 )
@@ -46,6 +48,20 @@ def test_balanced_order_equalises_groups():
     order = balanced_order(groups, torch.Generator().manual_seed(0))
     share = (groups[order] == 1).double().mean()
     assert len(order) == 1000 and abs(share - 0.5) < 0.06
+
+
+def test_synthetic_share_sets_each_epochs_synthetic_fraction():
+    synthetic = torch.tensor([False] * 950 + [True] * 50)
+    g = torch.Generator().manual_seed(0)
+    for share in (0.2, 0.5):
+        order = SyntheticShare(synthetic, share).order(1000, 0, g)
+        assert len(order) == 1000 and abs(float(synthetic[order].double().mean()) - share) < 0.05
+        assert synthetic[order].sum() > len(set(order[synthetic[order]].tolist()))  # drawn with replacement
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="share"):
+            SyntheticShare(synthetic, bad)
+    with pytest.raises(ValueError, match="both real and synthetic"):
+        SyntheticShare(torch.zeros(10, dtype=torch.bool), 0.5)
 
 
 def test_per_sample_ema_and_class_max():

@@ -161,6 +161,8 @@ class DiffInjectConfig:
     ``diffusion`` section (unconditional, P2-weighted); the injection itself is the ``injection`` section.
     """
 
+    content_pool: str = "top_k"  # top_k (the K highest-CE training samples per class: the paper) | errors (every
+    #                              training sample the ranking model misclassifies: as many as it finds) (open)
     top_k: int = 10  # content pool: the K highest-CE training samples per class (released code: 10)
     content_source: str = "gce"  # who ranks the samples: gce (the GCE classifier, the paper) | ddb (a DDB amplifier)
     ddb_config: str | None = None  # content_source=ddb: the DDB config whose amplifier ranks (its data section is ours)
@@ -170,10 +172,13 @@ class DiffInjectConfig:
     style_pool: str = "all"  # all (every training image outside the content pool: unsupervised) |
     #                          aligned (ground-truth aligned images, as the released code; uses bias labels)
     label_source: str = "style"  # label of a synthetic image: style (released: CMNIST, CCIFAR) | content (the others)
+    synthetic_share: float | None = None  # final classifier: None draws real + synthetic uniformly (released); a
+    #                                       number in (0, 1) is the expected synthetic fraction of each epoch (open)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
-        for key, value, choices in (("content_source", self.content_source, ("gce", "ddb")),
+        for key, value, choices in (("content_pool", self.content_pool, ("top_k", "errors")),
+                                    ("content_source", self.content_source, ("gce", "ddb")),
                                     ("general_data", self.general_data, ("train", "mnist")),
                                     ("style_pool", self.style_pool, ("all", "aligned")),
                                     ("label_source", self.label_source, ("style", "content"))):
@@ -183,6 +188,8 @@ class DiffInjectConfig:
             raise ConfigError(f"diffinject.top_k must be >= 1, got {self.top_k}")
         if not self.synthetic_ratio > 0:
             raise ConfigError(f"diffinject.synthetic_ratio must be > 0, got {self.synthetic_ratio}")
+        if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
+            raise ConfigError(f"diffinject.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
         if self.content_source == "ddb" and not self.ddb_config:
             raise ConfigError("diffinject.content_source=ddb needs diffinject.ddb_config "
                               "(e.g. configs/cmnist/ddb.yaml)")

@@ -56,6 +56,26 @@ def balanced_order(groups: torch.Tensor, generator: torch.Generator) -> torch.Te
     return torch.multinomial(weights, len(groups), replacement=True, generator=generator)
 
 
+class SyntheticShare(Weighting):
+    """Draws each epoch's N samples with replacement so that a fixed ``share`` of them is synthetic on average.
+
+    Concatenating a few thousand synthetic images to tens of thousands of real ones lets the real majority set the
+    pace; this fixes how much of every epoch the synthetic part gets, without looking at any bias label.
+    """
+
+    def __init__(self, synthetic: torch.Tensor, share: float):
+        if not 0 < share < 1:
+            raise ValueError(f"the synthetic share must lie in (0, 1), got {share}")
+        synthetic = synthetic.bool()
+        if not synthetic.any() or synthetic.all():
+            raise ValueError("a synthetic share needs both real and synthetic samples")
+        n_syn = synthetic.sum().double()
+        self.weights = torch.where(synthetic, share / n_syn, (1 - share) / (len(synthetic) - n_syn))
+
+    def order(self, n: int, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(self.weights, n, replacement=True, generator=generator)
+
+
 class GroupDRO(Weighting):
     """Group-DRO (Sagawa et al.): exponentiated-gradient weights ``q_g`` over groups, loss ``sum_g q_g L_g``.
 

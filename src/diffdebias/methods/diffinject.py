@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..classifiers.weighting import SyntheticShare, Weighting
 from ..config import key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, map_batches
@@ -35,6 +36,27 @@ def top_k_per_class(loss: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
         idx = (labels == c).nonzero().flatten()
         chosen.append(idx[loss[idx].argsort(descending=True)[:k]])
     return torch.cat(chosen).sort().values
+
+
+def misclassified(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the samples whose predicted class is not their label (JTT's error set), sorted."""
+    index = (pred != labels).nonzero().flatten()
+    if not len(index):
+        raise ValueError("diffinject.content_pool=errors: the ranking model gets every training sample right, so the "
+                         "pool would be empty; use content_pool=top_k")
+    return index
+
+
+def content_pool(ctx: Context, scores: Scores) -> torch.Tensor:
+    """The content images: the top K per class by loss (the paper), or every sample the ranking model gets wrong.
+
+    Top K follows the loss, and the highest losses come from the few bias attributes the biased model trusts most
+    (on Colored MNIST, a third of a top-10 pool shares one colour); the error set holds whatever it gets wrong.
+    """
+    di, labels = ctx.cfg.diffinject, ctx.data.train.labels
+    if di.content_pool == "errors":
+        return misclassified(scores.pred, labels)
+    return top_k_per_class(scores.loss, labels, di.top_k)
 
 
 def ranking_scores(ctx: Context) -> Scores:
@@ -197,19 +219,29 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
     return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
 
 
+def share_weighting(real: int, synthetic: int, share: float | None) -> Weighting | None:
+    """The final classifier's sampling: uniform over real + synthetic (None), or a fixed synthetic share per epoch."""
+    if share is None:
+        return None
+    return SyntheticShare(torch.cat([torch.zeros(real, dtype=torch.bool), torch.ones(synthetic, dtype=torch.bool)]),
+                          share)
+
+
 # ---------------------------------------------------------------------------------------------------------- run
 
 
 def run_diffinject(ctx: Context) -> Trained:
     cfg, d = ctx.cfg, ctx.data
     scores = ranking_scores(ctx)
-    pool = top_k_per_class(scores.loss, d.train.labels, cfg.diffinject.top_k)
+    pool = content_pool(ctx, scores)
     general, general_key = general_dataset(ctx)
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
     inj = injection_stage(ctx, diff, pool, (scores.key,))
     synthetic, pairs = load_injected(ctx, inj)
-    final = train_stage(ctx, "classifier", cfg.classifier, train=with_synthetic(d.train, synthetic),
-                        inputs=(inj.key,), extra_config={"label_source": cfg.diffinject.label_source})
+    share = cfg.diffinject.synthetic_share
+    extra = {"label_source": cfg.diffinject.label_source, **({} if share is None else {"synthetic_share": share})}
+    final = train_stage(ctx, "classifier", cfg.classifier, share_weighting(len(d.train), len(synthetic), share),
+                        train=with_synthetic(d.train, synthetic), inputs=(inj.key,), extra_config=extra)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(synthetic))
@@ -235,8 +267,10 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
 
     cfg, d = ctx.cfg, ctx.data
     di, ic = cfg.diffinject, cfg.injection
+    pool_words = (f"the {len(pool)} training samples misclassified" if di.content_pool == "errors"
+                  else f"top {di.top_k} per class")
     out = ["## DiffInject", "",
-           f"Content pool: top {di.top_k} per class by the `{di.content_source}` ranking; styles from "
+           f"Content pool: {pool_words} by the `{di.content_source}` ranking; styles from "
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
            f"{ic.steps}-step grid{'' if ic.t_start is None else f' up to t_start {ic.t_start}'}, t_edit {ic.t_edit}, "
            f"t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
