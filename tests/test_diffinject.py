@@ -87,6 +87,7 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     log = capsys.readouterr().out  # another sampling of the same images: only the classifier trains again
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
     assert m3["test"] != m2["test"] and "synthetic_share: 0.5" in (out / "config.yaml").read_text()
+    assert "0.5 of each epoch of the final classifier" in (out / "report.md").read_text()
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):

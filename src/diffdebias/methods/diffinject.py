@@ -51,7 +51,7 @@ def content_pool(ctx: Context, scores: Scores) -> torch.Tensor:
     """The content images: the top K per class by loss (the paper), or every sample the ranking model gets wrong.
 
     Top K follows the loss, and the highest losses come from the few bias attributes the biased model trusts most
-    (on Colored MNIST, a third of a top-10 pool shares one colour); the error set holds whatever it gets wrong.
+    (on Colored MNIST, up to a third of a top-10 pool shares one colour); the error set holds whatever it gets wrong.
     """
     di, labels = ctx.cfg.diffinject, ctx.data.train.labels
     if di.content_pool == "errors":
@@ -274,7 +274,9 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
            f"{ic.steps}-step grid{'' if ic.t_start is None else f' up to t_start {ic.t_start}'}, t_edit {ic.t_edit}, "
            f"t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
-           f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images.", ""]
+           f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images"
+           f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}.",
+           ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:
         out += [f"Content pool purity: **{cp['truly_conflicting']} of {cp['pool']}** truly bias-conflicting "
