@@ -64,13 +64,14 @@ def main() -> None:
     biased = train_stage(ctx, "biased_classifier", cfg.amplifier).model
     conflicting = predict_logits(biased, images).argmax(1) != labels
     everything = torch.ones(len(images), dtype=torch.bool)
+    colours = p.colours(images)
     keep = {"all": everything, "palette": everything,
-            "useful": (p.digits(images) == labels) & (p.colours(images) != labels),
+            "useful": (p.digits(images) == labels) & (colours != labels),
             "similar": similar, "similar_conflicting": similar & conflicting}
     print("subset  images  unbiased  conflicting")
     for name in args.subsets:
         m = keep[name]
-        chosen = snap_to_palette(images, COLORS[p.colours(images)]) if name == "palette" else images[m]
+        chosen = snap_to_palette(images, COLORS[colours]) if name == "palette" else images[m]
         train = ImageSet(torch.cat([d.train.images, chosen]), torch.cat([d.train.labels, labels[m]]))
         with tempfile.TemporaryDirectory() as tmp:
             # the run's stage name: the same initial weights and batch order seeds as the run's final classifier
