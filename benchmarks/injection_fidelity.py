@@ -3,14 +3,17 @@
 For ``--images`` training images (evenly spaced), DDIM-invert on each grid size, regenerate with nothing injected
 (with and without quality boosting below t = 200), and print the mean absolute error on [-1, 1], the share of digits
 the run's shape classifier still reads as their label, and the share whose stroke colour is still the same palette
-colour. Injection can only be as good as this reconstruction.
+colour. Injection can only be as good as this reconstruction. ``--precision`` repeats it under each U-Net autocast
+(``injection.precision``), timing each, so fp32 and bf16 are compared on the same images in one process.
 
     python benchmarks/injection_fidelity.py runs/di/base-s1 --steps 10 20 50
+    python benchmarks/injection_fidelity.py runs/di/cpu-s1 --steps 50 --precision fp32 bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +24,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished DiffInject run directory on Colored MNIST")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="U-Net autocast of inversion and generation (injection.precision)")
     args = parser.parse_args()
 
     from diffdebias.diffusion.injection import inject, injection_grid, invert
@@ -32,17 +37,23 @@ def main() -> None:
     images, labels = train.images[idx], train.labels[idx]
     x0 = p.to_model(images)
     colour = p.colours(images)
-    for steps in args.steps:
+    for steps, precision in ((s, q) for s in args.steps for q in args.precision):
         grid = injection_grid(cfg.diffusion.num_train_timesteps, steps)
-        x_T, h = invert(model, x0, grid, abar, record_from=cfg.injection.t_edit)
+        start = time.perf_counter()
+        x_T, h = invert(model, x0, grid, abar, record_from=cfg.injection.t_edit, precision=precision)
+        inverted = time.perf_counter() - start
         for t_boost in (-1, cfg.injection.t_boost):
             gens = [torch.Generator().manual_seed(i) for i in range(len(idx))]
-            back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens)
+            start = time.perf_counter()
+            back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens,
+                          precision=precision)
+            seconds = inverted + time.perf_counter() - start
             u8 = p.from_model(back)
             digit = float((p.digits(u8) == labels).double().mean())
             kept = float((p.colours(u8) == colour).double().mean())
-            print(f"grid {steps:4d}  boosting {'on ' if t_boost >= 0 else 'off'}  mean abs error "
-                  f"{float((back - x0).abs().mean()):.3f}  digit kept {digit:.3f}  colour kept {kept:.3f}", flush=True)
+            print(f"grid {steps:4d}  {precision}  boosting {'on ' if t_boost >= 0 else 'off'}  mean abs error "
+                  f"{float((back - x0).abs().mean()):.3f}  digit kept {digit:.3f}  colour kept {kept:.3f}  "
+                  f"{seconds:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

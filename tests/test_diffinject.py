@@ -174,6 +174,27 @@ def test_injection_gives_the_same_images_with_batches_in_parallel(tmp_path, fake
     assert len(images[0]) > 16 * 3 and torch.equal(images[0], images[1])
 
 
+def test_the_injection_stage_is_keyed_by_the_precision_it_computes_in(tmp_path, fake_mnist, capsys, monkeypatch):
+    import diffdebias.diffusion.models as models
+    from diffdebias.runs import load_tensors
+
+    out, fixed = tmp_path / "di", ["--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1"]
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)  # a CPU where auto means fp32
+    run(fake_mnist, out, "--set", "injection.precision=fp32", *fixed)
+    fp32 = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
+    capsys.readouterr()
+    run(fake_mnist, out, *fixed, quiet=False)  # auto, resolved to fp32: the same images
+    assert "stage injection: done, skipped" in capsys.readouterr().out
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)  # auto now means bf16: other numbers
+    run(fake_mnist, out, *fixed, quiet=False)
+    log = capsys.readouterr().out
+    assert "stage injection: running" in log and ", bf16" in log
+    bf16 = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
+    assert not torch.equal(bf16, fp32)
+    run(fake_mnist, out, "--set", "injection.precision=bf16", *fixed, quiet=False)  # what auto computed
+    assert "stage injection: done, skipped" in capsys.readouterr().out
+
+
 def test_map_batches_keeps_the_order_and_restores_the_thread_count():
     from diffdebias.devices import cpu_workers, map_batches
 

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import BLENDS
-from .models import unwrap
+from .models import autocast, unwrap
 from .sampling import ddim_step, predicted_x0
 
 # ---------------------------------------------------------------------------------------------- the U-Net split
@@ -162,17 +162,20 @@ def invert(
     alphas_cumprod: torch.Tensor,
     record_from: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Deterministic DDIM inversion of ``x0`` (floats in [-1, 1]) along ``grid``; returns ``(x_T, h)``.
 
     ``h`` maps each timestep ``t >= record_from`` of the grid (all but the last) to the bottleneck of the U-Net
-    evaluated at ``(x_t, t)``; None records nothing.
+    evaluated at ``(x_t, t)``; None records nothing. ``precision`` (fp32 | bf16, resolved) is the U-Net's autocast;
+    the trajectory itself and the recorded h stay fp32.
     """
     x = x0.float()
     recorded: dict[int, torch.Tensor] = {}
     for i, j in tqdm(list(zip(grid[:-1], grid[1:])), desc="inversion", leave=False, disable=not progress):
-        h, skips, emb = encode(model, x, i)
-        eps = decode(model, h, skips, emb)
+        with autocast(precision, x.device):
+            h, skips, emb = encode(model, x, i)
+            eps = decode(model, h, skips, emb)
         if record_from is not None and i >= record_from:
             recorded[i] = h.float()
         x = ddim_step(x, eps, _abar(alphas_cumprod, i), _abar(alphas_cumprod, j))
@@ -198,6 +201,7 @@ def inject(
     mask: Sequence[float] | None = None,
     progress: bool = False,
     blend_mode: str = "slerp",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Generate from the style's inverted noise ``x_T`` with the content bottleneck blended in; floats in [-1, 1].
 
@@ -210,6 +214,7 @@ def inject(
         t_boost: steps with t <= t_boost use eta = ``boost_eta`` (noise from ``generators``, one per row).
         mask: optional (top, bottom, left, right) box of h, as fractions, for local injection.
         blend_mode: how h meets the content's (:func:`blend`): ``slerp`` (the paper), ``mean`` or ``adain``.
+        precision: the U-Net's autocast (fp32 | bf16, resolved); the blend and the DDIM update run in fp32.
     """
     x = x_T.float()
     steps = list(reversed(grid))
@@ -217,14 +222,17 @@ def inject(
     for k, i in enumerate(tqdm(steps, desc="injection", leave=False, disable=not progress)):
         j = steps[k + 1] if k + 1 < len(steps) else -1
         abar_t, abar_prev = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
-        h, skips, emb = encode(model, x, i)
-        eps = decode(model, h, skips, emb)
+        with autocast(precision, x.device):
+            h, skips, emb = encode(model, x, i)
+            eps = decode(model, h, skips, emb)
         x0 = None
         if i >= t_edit and gamma > 0:
             if not keys:
                 raise ValueError(f"inject: no content h recorded for t >= t_edit ({t_edit})")
+            h = h.float()
             h_c = content_h[nearest_recorded(i, keys)].to(h.device, h.dtype)
-            x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask, blend_mode), skips, emb), abar_t)
+            with autocast(precision, x.device):
+                x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask, blend_mode), skips, emb), abar_t)
         eta = boost_eta if i <= t_boost else 0.0
         noise = None
         if eta > 0 and j >= 0:

@@ -128,8 +128,12 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     """Invert the content pool once (its h cached in ``content_h.safetensors``), then for each chunk of pairs invert
     the style images and generate with the content injected; chunks are saved as they finish. A U-Net trained
     smaller (``diffusion.image_size``) inverts the images resized to its size; its results are resized back."""
+    from ..diffusion.models import resolve_precision
+
     icfg, dcfg = ctx.cfg.injection, ctx.cfg.diffusion
     icfg.validate()
+    device = accelerator(ctx.cfg.device).device
+    precision = resolve_precision(icfg.precision, device)
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
@@ -138,7 +142,6 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
-        device = accelerator(ctx.cfg.device).device
         model = load_unet(diffusion.path(UNET)).to(device)
         check_splittable(model)
         abar = alphas_cumprod(dcfg).double()
@@ -155,7 +158,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
         else:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
-            parts = [invert(model, unit(pool[s:s + bs]), grid, abar, icfg.t_edit)[1]
+            parts = [invert(model, unit(pool[s:s + bs]), grid, abar, icfg.t_edit, precision=precision)[1]
                      for s in range(0, len(pool), bs)]
             content_h = {t: torch.cat([p[t].cpu() for p in parts]) for t in parts[0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
@@ -164,7 +167,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
 
         pairs = draw_pairs(ctx, stage, pool)
         n = len(pairs["style"])
-        stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}")
+        stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}, {precision}")
         images = []
         bar = tqdm(total=n, desc="injection", unit="img")  # pairs done, each an inversion + an injected generation
         for k, start in enumerate(range(0, n, chunk)):
@@ -179,11 +182,11 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             def one_batch(s: int, stop: int = stop) -> torch.Tensor:  # the same batches for any number of workers
                 e = min(s + bs, stop)
                 style, content = pairs["style"][s:e], pairs["content"][s:e]
-                x_T, _ = invert(model, unit(style), grid, abar)
+                x_T, _ = invert(model, unit(style), grid, abar, precision=precision)
                 h = {t: v[position[content]] for t, v in content_h.items()}
                 gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
-                           gens, icfg.mask, blend_mode=icfg.blend)
+                           gens, icfg.mask, blend_mode=icfg.blend, precision=precision)
                 bar.update(e - s)
                 return resize(to_uint8(x).cpu(), side)
 
@@ -200,7 +203,12 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
 
     di = ctx.cfg.diffinject  # only what shapes the pairs; the pool and the diffusion model are inputs of their own
-    key = {"injection": key_dict(icfg), "pool": pool.tolist(),
+    # the precision the images are computed in, not the setting: fp32 (every cache made before the setting existed)
+    # stays out of the key, bf16 enters it, so ``auto`` reuses what this hardware would compute
+    injection_key = {k: v for k, v in key_dict(icfg).items() if k != "precision"}
+    if precision != "fp32":
+        injection_key["precision"] = precision
+    key = {"injection": injection_key, "pool": pool.tolist(),
            "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}}
     return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
 
