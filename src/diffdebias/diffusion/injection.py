@@ -168,7 +168,7 @@ def invert(
 
     ``h`` maps each timestep ``t >= record_from`` of the grid (all but the last) to the bottleneck of the U-Net
     evaluated at ``(x_t, t)``; None records nothing. ``precision`` (fp32 | bf16, resolved) is the U-Net's autocast;
-    the trajectory itself and the recorded h stay fp32.
+    the trajectory itself stays fp32, and h is recorded as fp32.
     """
     x = x0.float()
     recorded: dict[int, torch.Tensor] = {}
@@ -229,10 +229,10 @@ def inject(
         if i >= t_edit and gamma > 0:
             if not keys:
                 raise ValueError(f"inject: no content h recorded for t >= t_edit ({t_edit})")
-            h = h.float()
-            h_c = content_h[nearest_recorded(i, keys)].to(h.device, h.dtype)
+            h_c = content_h[nearest_recorded(i, keys)].to(h.device, torch.float32)
+            h_injected = blend(h.float(), h_c, gamma, mask, blend_mode)
             with autocast(precision, x.device):
-                x0 = predicted_x0(x, decode(model, blend(h, h_c, gamma, mask, blend_mode), skips, emb), abar_t)
+                x0 = predicted_x0(x, decode(model, h_injected, skips, emb), abar_t)
         eta = boost_eta if i <= t_boost else 0.0
         noise = None
         if eta > 0 and j >= 0:
