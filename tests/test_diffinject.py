@@ -42,6 +42,10 @@ def test_bad_content_pool_is_a_config_error():
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.content_pool=random"])
     with pytest.raises(ConfigError, match="diffinject.synthetic_share"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.synthetic_share=1.0"])
+    with pytest.raises(ConfigError, match="diffinject.final_method"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=jtt"])
+    with pytest.raises(ConfigError, match="synthetic_share to null"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=lff", "diffinject.synthetic_share=0.5"])
 
 
 def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_path, fake_mnist, capsys):
@@ -88,6 +92,20 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
     assert m3["test"] != m2["test"] and "synthetic_share: 0.5" in (out / "config.yaml").read_text()
     assert "0.5 of each epoch of the final classifier" in (out / "report.md").read_text()
+
+    m4 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.final_method=lff", quiet=False)
+    log = capsys.readouterr().out  # LfF's weights over the same images: only the classifier trains again
+    assert "stage injection: done, skipped" in log and "stage classifier: running" in log
+    assert m4["test"] not in (m2["test"], m3["test"]) and "final_method: lff" in (out / "config.yaml").read_text()
+    assert "final classifier weighted by LfF" in (out / "report.md").read_text()
+
+    m5 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.final_method=lff", "--set", "classifier.select=valid",
+             "--set", "classifier.select_metric=unbiased_accuracy", quiet=False)
+    log = capsys.readouterr().out  # selected as LfF selects: on groups from an early ERM's errors, no bias label
+    assert "stage early_erm: running" in log and "stage classifier: running" in log
+    assert "supervised" not in m5  # with valid="real" the true groups would select, and mark the run
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):

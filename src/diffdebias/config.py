@@ -174,6 +174,9 @@ class DiffInjectConfig:
     label_source: str = "style"  # label of a synthetic image: style (released: CMNIST, CCIFAR) | content (the others)
     synthetic_share: float | None = None  # final classifier: None draws real + synthetic uniformly (released); a
     #                                       number in (0, 1) is the expected synthetic fraction of each epoch (open)
+    final_method: str = added("erm")  # final classifier on real + synthetic: erm (the classifier section's loss, as the
+    #                            released code) | lff (LfF's weights from a GCE model trained beside it, the lff
+    #                            section; a combination no paper makes) (open)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
@@ -181,7 +184,8 @@ class DiffInjectConfig:
                                     ("content_source", self.content_source, ("gce", "ddb")),
                                     ("general_data", self.general_data, ("train", "mnist")),
                                     ("style_pool", self.style_pool, ("all", "aligned")),
-                                    ("label_source", self.label_source, ("style", "content"))):
+                                    ("label_source", self.label_source, ("style", "content")),
+                                    ("final_method", self.final_method, ("erm", "lff"))):
             if value not in choices:
                 raise ConfigError(f"diffinject.{key} must be one of {', '.join(choices)}; got {value!r}")
         if self.top_k < 1:
@@ -190,6 +194,9 @@ class DiffInjectConfig:
             raise ConfigError(f"diffinject.synthetic_ratio must be > 0, got {self.synthetic_ratio}")
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
             raise ConfigError(f"diffinject.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
+        if self.final_method == "lff" and self.synthetic_share is not None:
+            raise ConfigError("diffinject.final_method=lff draws real and synthetic images alike (LfF weights them); "
+                              "set diffinject.synthetic_share to null")
         if self.content_source == "ddb" and not self.ddb_config:
             raise ConfigError("diffinject.content_source=ddb needs diffinject.ddb_config "
                               "(e.g. configs/cmnist/ddb.yaml)")

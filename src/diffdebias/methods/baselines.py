@@ -33,11 +33,7 @@ from .detection import GROUP_METRICS, identification, with_pseudo_groups
 VALID_GROUPS = ("errors", "true")
 
 
-def _image_shape(ctx: Context) -> tuple[int, int, int]:
-    return tuple(ctx.data.train.images.shape[1:])
-
-
-def _require_ce(cfg: TrainConfig, method: str) -> None:
+def require_ce(cfg: TrainConfig, method: str) -> None:
     if cfg.loss != "ce":
         raise ValueError(f"{method}: classifier.loss must be 'ce' (the target's loss is CE weighted by W), "
                          f"got '{cfg.loss}'")
@@ -46,17 +42,27 @@ def _require_ce(cfg: TrainConfig, method: str) -> None:
 # ---------------------------------------------------------------------------------------------------------- LfF
 
 
+def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | None = None) -> LfFJoint:
+    """LfF's weights for a target trained on ``train`` with the ``classifier`` and ``lff`` sections."""
+    c = ctx.cfg
+    return LfFJoint(train.labels, c.classifier, ctx.data.num_classes, tuple(train.images.shape[1:]), alpha=c.lff.alpha,
+                    q=c.lff.q, ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned_mask)
+
+
+def lff_selection(ctx: Context) -> tuple[ImageSet | str, tuple[str, ...]]:
+    """LfF's valid split for model selection: groups from the errors of an ERM model after ``lff.error_epochs``."""
+    c = ctx.cfg
+    return selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
+        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last")))
+
+
 def run_lff(ctx: Context) -> Trained:
     """LfF (Nam et al. 2020): f_B (GCE) and f_D trained jointly, f_D's CE weighted by the relative difficulty."""
     c = ctx.cfg
-    _require_ce(c.classifier, "lff")
-    d = ctx.data
-    w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
-                 ema=c.lff.ema, normalize=c.lff.normalize)
-    valid, inputs = selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
-        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last")))
-    return train_stage(ctx, "lff", c.classifier, weighting=w, extra_config={"lff": key_dict(c.lff)}, valid=valid,
-                       inputs=inputs)
+    require_ce(c.classifier, "lff")
+    valid, inputs = lff_selection(ctx)
+    return train_stage(ctx, "lff", c.classifier, weighting=lff_weighting(ctx, ctx.data.train),
+                       extra_config={"lff": key_dict(c.lff)}, valid=valid, inputs=inputs)
 
 
 # ---------------------------------------------------------------------------------------------------------- JTT
@@ -146,7 +152,7 @@ def run_gdro(ctx: Context) -> Trained:
 def run_disent(ctx: Context) -> Trained:
     """DisEnt (Lee et al. 2021): disentangled intrinsic / bias features with LfF weights and feature swapping."""
     c, d = ctx.cfg, ctx.data
-    _require_ce(c.classifier, "disent")
+    require_ce(c.classifier, "disent")
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision)
     return train_stage(ctx, "disent", c.classifier, weighting=w, build_model=disent_factory,
                        extra_config={"disent": to_dict(c.disent), "lff": key_dict(c.lff)})
@@ -199,10 +205,9 @@ def run_lff_be(ctx: Context) -> Trained:
     """LfF + BiasEnsemble (Lee et al. 2023): LfF whose f_B is trained with CE on the committee's pseudo-aligned
     samples only (freshly initialised), f_D on every sample with LfF's W."""
     c, d = ctx.cfg, ctx.data
-    _require_ce(c.classifier, "lff_be")
+    require_ce(c.classifier, "lff_be")
     aligned, committee = bias_committee(ctx)
-    w = LfFJoint(d.train.labels, c.classifier, d.num_classes, _image_shape(ctx), alpha=c.lff.alpha, q=c.lff.q,
-                 ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned)
+    w = lff_weighting(ctx, d.train, aligned_mask=aligned)
     return train_stage(ctx, "lff_be", c.classifier, weighting=w, inputs=(committee.key,),
                        extra_config={"lff": key_dict(c.lff), "bias_ensemble": to_dict(c.bias_ensemble)})
 
@@ -210,7 +215,7 @@ def run_lff_be(ctx: Context) -> Trained:
 def run_disent_be(ctx: Context) -> Trained:
     """DisEnt + BiasEnsemble: DisEnt whose align terms are CE on the committee's pseudo-aligned samples only."""
     c, d = ctx.cfg, ctx.data
-    _require_ce(c.classifier, "disent_be")
+    require_ce(c.classifier, "disent_be")
     aligned, committee = bias_committee(ctx)
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision, aligned_mask=aligned)
     return train_stage(ctx, "disent_be", c.classifier, weighting=w, build_model=disent_factory,

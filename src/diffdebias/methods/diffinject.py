@@ -227,12 +227,31 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
     return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
 
 
-def share_weighting(real: int, synthetic: int, share: float | None) -> Weighting | None:
-    """The final classifier's sampling: uniform over real + synthetic (None), or a fixed synthetic share per epoch."""
-    if share is None:
-        return None
-    return SyntheticShare(torch.cat([torch.zeros(real, dtype=torch.bool), torch.ones(synthetic, dtype=torch.bool)]),
-                          share)
+def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
+    """The classifier on every real image plus the synthetic ones: drawn uniformly (the released code), with a fixed
+    synthetic share per epoch, or weighted by LfF (``diffinject.final_method=lff``: a GCE model trained beside it
+    up-weights what it fails on, real or synthetic; selected as LfF selects when ``classifier.select=valid``)."""
+    cfg, d = ctx.cfg, ctx.data
+    di = cfg.diffinject
+    train = with_synthetic(d.train, synthetic)
+    extra: dict[str, Any] = {"label_source": di.label_source}
+    weighting: Weighting | None = None
+    valid: ImageSet | str = "real"
+    inputs: tuple[str, ...] = (inj.key,)
+    if di.final_method == "lff":
+        from .baselines import lff_selection, lff_weighting, require_ce
+
+        require_ce(cfg.classifier, "diffinject.final_method=lff")
+        extra.update(final_method="lff", lff=key_dict(cfg.lff))
+        valid, selection_inputs = lff_selection(ctx)
+        weighting, inputs = lff_weighting(ctx, train), inputs + selection_inputs
+    elif di.synthetic_share is not None:
+        is_synthetic = torch.cat([torch.zeros(len(d.train), dtype=torch.bool),
+                                  torch.ones(len(synthetic), dtype=torch.bool)])
+        weighting = SyntheticShare(is_synthetic, di.synthetic_share)
+        extra["synthetic_share"] = di.synthetic_share
+    return train_stage(ctx, "classifier", cfg.classifier, weighting, train=train, inputs=inputs, extra_config=extra,
+                       valid=valid)
 
 
 # ---------------------------------------------------------------------------------------------------------- run
@@ -246,10 +265,7 @@ def run_diffinject(ctx: Context) -> Trained:
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
     inj = injection_stage(ctx, diff, pool, (scores.key,))
     synthetic, pairs = load_injected(ctx, inj)
-    share = cfg.diffinject.synthetic_share
-    extra = {"label_source": cfg.diffinject.label_source, **({} if share is None else {"synthetic_share": share})}
-    final = train_stage(ctx, "classifier", cfg.classifier, share_weighting(len(d.train), len(synthetic), share),
-                        train=with_synthetic(d.train, synthetic), inputs=(inj.key,), extra_config=extra)
+    final = final_classifier(ctx, synthetic, inj)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(synthetic))
@@ -283,7 +299,8 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
            f"{ic.steps}-step grid{'' if ic.t_start is None else f' up to t_start {ic.t_start}'}, t_edit {ic.t_edit}, "
            f"t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images"
-           f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}.",
+           f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}"
+           f"{', final classifier weighted by LfF' if di.final_method == 'lff' else ''}.",
            ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:
