@@ -5,7 +5,8 @@ Subsets: ``all`` (the run's own set: retrained here, it reproduces the run's num
 images the grey shape classifier reads as their label's digit and whose stroke is another class's colour, i.e. what a
 perfect filter would keep; it reads the colour, the bias); ``similar`` (grey images correlated >= 0.7 with their style
 image: the style's digit kept); ``similar_conflicting`` (``similar`` and not assigned to their label by the run's
-GCE-biased classifier). Same classifier settings as the run (its ``classifier`` section), selection as the run's;
+GCE-biased classifier); ``black`` (every image, its black level matched to the real images', as
+``diffinject.match_black``). Same classifier settings as the run (its ``classifier`` section), selection as the run's;
 test unbiased accuracy.
 
     python benchmarks/synthetic_subsets.py runs/di/mean-s50-r03-s1 --subsets useful similar all
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SUBSETS = ("all", "useful", "similar", "similar_conflicting", "palette")
+SUBSETS = ("all", "useful", "similar", "similar_conflicting", "palette", "black")
 
 
 def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,7 @@ def main() -> None:
     from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import to_grey
     from diffdebias.methods.common import Context, train_stage
+    from diffdebias.methods.diffinject import match_black_level
     from diffdebias.runs import Run, Stage, load_tensors
     from injection_probe import load_probe
 
@@ -65,13 +67,14 @@ def main() -> None:
     conflicting = predict_logits(biased, images).argmax(1) != labels
     everything = torch.ones(len(images), dtype=torch.bool)
     colours = p.colours(images)
-    keep = {"all": everything, "palette": everything,
+    keep = {"all": everything, "palette": everything, "black": everything,
             "useful": (p.digits(images) == labels) & (colours != labels),
             "similar": similar, "similar_conflicting": similar & conflicting}
     print("subset  images  unbiased  conflicting")
     for name in args.subsets:
         m = keep[name]
-        chosen = snap_to_palette(images, COLORS[colours]) if name == "palette" else images[m]
+        chosen = (snap_to_palette(images, COLORS[colours]) if name == "palette" else
+                  match_black_level(images, d.train.images) if name == "black" else images[m])
         train = ImageSet(torch.cat([d.train.images, chosen]), torch.cat([d.train.labels, labels[m]]))
         with tempfile.TemporaryDirectory() as tmp:
             # the run's stage name: the same initial weights and batch order seeds as the run's final classifier

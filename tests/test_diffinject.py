@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffdebias.cli import main
-from diffdebias.methods.diffinject import misclassified, top_k_per_class
+from diffdebias.methods.diffinject import black_level, match_black_level, misclassified, top_k_per_class
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -33,6 +33,24 @@ def test_error_set_pool_is_every_misclassified_sample():
     assert misclassified(torch.tensor([0, 1, 1, 0, 2, 0]), labels).tolist() == [1, 3, 5]
     with pytest.raises(ValueError, match="content_pool=top_k"):
         misclassified(labels.clone(), labels)
+
+
+def test_black_level_matching_gives_the_real_images_share_of_zeros():
+    g = torch.Generator().manual_seed(0)
+    real = torch.zeros(50, 3, 8, 8, dtype=torch.uint8)
+    real[:, :, 2:5, 2:5] = torch.randint(1, 256, (50, 3, 3, 3), generator=g, dtype=torch.uint8)  # 3x3 strokes
+    synthetic = real.clone()
+    synthetic[:, :, :2] = torch.randint(0, 7, (50, 3, 2, 8), generator=g, dtype=torch.uint8)  # a noisy black
+    synthetic[:, :, 5:] = torch.randint(0, 7, (50, 3, 3, 8), generator=g, dtype=torch.uint8)
+    assert 3 <= black_level(synthetic, real) <= 6
+    matched = match_black_level(synthetic, real)
+    zero = lambda x: float((x == 0).double().mean())  # noqa: E731
+    assert zero(synthetic) < 0.4 and abs(zero(matched) - zero(real)) < 0.05
+    assert int(matched.max()) == 255 and int(synthetic.max()) == 255  # the top level stays
+    stroke = synthetic[:, :, 2:5, 2:5].float()  # levels above b keep their order
+    assert torch.equal(stroke.flatten().argsort(stable=True)[-100:],
+                       matched[:, :, 2:5, 2:5].float().flatten().argsort(stable=True)[-100:])
+    assert torch.equal(match_black_level(synthetic, real + 1), synthetic)  # no real zero: nothing to match
 
 
 def test_bad_content_pool_is_a_config_error():
@@ -106,6 +124,13 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     log = capsys.readouterr().out  # selected as LfF selects: on groups from an early ERM's errors, no bias label
     assert "stage early_erm: running" in log and "stage classifier: running" in log
     assert "supervised" not in m5  # with valid="real" the true groups would select, and mark the run
+
+    m6 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.match_black=true", quiet=False)
+    log = capsys.readouterr().out  # the same images, their black level matched: the classifier and numbers again
+    assert "stage injection: done, skipped" in log and "stage classifier: running" in log
+    assert "stage synthetic_colour_shape: running" in log and m6["test"] != m2["test"]
+    assert "black level matched" in (out / "report.md").read_text()
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):

@@ -174,6 +174,9 @@ class DiffInjectConfig:
     label_source: str = "style"  # label of a synthetic image: style (released: CMNIST, CCIFAR) | content (the others)
     synthetic_share: float | None = None  # final classifier: None draws real + synthetic uniformly (released); a
     #                                       number in (0, 1) is the expected synthetic fraction of each epoch (open)
+    match_black: bool = added(False)  # shift the synthetic images' levels so that as many values are 0 as in the
+    #                                   real training images: the injection leaves faint noise on black backgrounds,
+    #                                   which tells a classifier that an image is synthetic (open)
     final_method: str = added("erm")  # final classifier on real + synthetic: erm (the classifier section's loss, as the
     #                            released code) | lff (LfF's weights from a GCE model trained beside it, the lff
     #                            section; a combination no paper makes) (open)

@@ -213,13 +213,34 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
 
 
+def black_level(images: torch.Tensor, real: torch.Tensor) -> int:
+    """The uint8 level at or below which as large a share of the synthetic values lies as the real values that are 0
+    (0 when no real value is)."""
+    share = float((real == 0).double().mean())
+    if share == 0:
+        return 0
+    counts = torch.bincount(images.flatten().long(), minlength=256).cumsum(0)
+    return int((counts >= share * counts[-1]).nonzero()[0])
+
+
+def match_black_level(images: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """uint8 synthetic images with their levels stretched from [b, 255] to [0, 255], b = :func:`black_level`: the
+    real images' black is exact, the generated one a few levels of noise, a cue that an image is synthetic."""
+    b = min(black_level(images, real), 254)  # 255 only for images that are nearly all white
+    if b == 0:
+        return images
+    return ((images.float() - b) * (255 / (255 - b))).round().clamp(0, 255).to(torch.uint8)
+
+
 def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
-    """The synthetic images, labelled by the style or the content image (``diffinject.label_source``)."""
+    """The synthetic images, labelled by the style or the content image (``diffinject.label_source``), their black
+    level matched to the real images' when ``diffinject.match_black`` is set."""
     t, _ = load_tensors(stage.path(INJECTED))
-    source = ctx.cfg.diffinject.label_source
-    if source not in ("style", "content"):
-        raise ValueError(f"diffinject.label_source must be 'style' or 'content', got '{source}'")
-    return ImageSet(t["images"], ctx.data.train.labels[t[source]]), t
+    di = ctx.cfg.diffinject
+    if di.label_source not in ("style", "content"):
+        raise ValueError(f"diffinject.label_source must be 'style' or 'content', got '{di.label_source}'")
+    images = match_black_level(t["images"], ctx.data.train.images) if di.match_black else t["images"]
+    return ImageSet(images, ctx.data.train.labels[t[di.label_source]]), t
 
 
 def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
@@ -234,7 +255,7 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
     cfg, d = ctx.cfg, ctx.data
     di = cfg.diffinject
     train = with_synthetic(d.train, synthetic)
-    extra: dict[str, Any] = {"label_source": di.label_source}
+    extra: dict[str, Any] = {"label_source": di.label_source, **({"match_black": True} if di.match_black else {})}
     weighting: Weighting | None = None
     valid: ImageSet | str = "real"
     inputs: tuple[str, ...] = (inj.key,)
@@ -277,10 +298,11 @@ def run_diffinject(ctx: Context) -> Trained:
     if cfg.diffinject.compare_erm:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
     if cfg.data.name == "cmnist":
-        source = cfg.diffinject.label_source  # the numbers read the labels: another source is another stage
+        di = cfg.diffinject  # the numbers read the labels and the images: another source or level, another stage
+        shaped = {**({} if di.label_source == "style" else {"label_source": di.label_source}),
+                  **({"match_black": True} if di.match_black else {})}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
-                                                               (inj.key,), None if source == "style" else
-                                                               {"label_source": source})
+                                                               (inj.key,), shaped or None)
     ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
     return final
 
@@ -300,7 +322,8 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
            f"t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images"
            f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}"
-           f"{', final classifier weighted by LfF' if di.final_method == 'lff' else ''}.",
+           f"{', final classifier weighted by LfF' if di.final_method == 'lff' else ''}"
+           f"{', black level matched to the real images' if di.match_black else ''}.",
            ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:
