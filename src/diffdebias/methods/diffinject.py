@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..classifiers.weighting import SyntheticShare, Weighting
-from ..config import key_dict, load_config
+from ..config import DiffInjectConfig, key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, map_batches
 from ..runs import Stage, load_tensors, save_tensors
@@ -232,6 +232,12 @@ def match_black_level(images: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return ((images.float() - b) * (255 / (255 - b))).round().clamp(0, 255).to(torch.uint8)
 
 
+def black_key(di: DiffInjectConfig) -> dict[str, Any]:
+    """What ``diffinject.match_black`` adds to the keys of the stages that read the synthetic images (nothing when off,
+    so the stages cached before the setting keep their keys)."""
+    return {"match_black": True} if di.match_black else {}
+
+
 def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
     """The synthetic images, labelled by the style or the content image (``diffinject.label_source``), their black
     level matched to the real images' when ``diffinject.match_black`` is set."""
@@ -255,7 +261,7 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
     cfg, d = ctx.cfg, ctx.data
     di = cfg.diffinject
     train = with_synthetic(d.train, synthetic)
-    extra: dict[str, Any] = {"label_source": di.label_source, **({"match_black": True} if di.match_black else {})}
+    extra: dict[str, Any] = {"label_source": di.label_source, **black_key(di)}
     weighting: Weighting | None = None
     valid: ImageSet | str = "real"
     inputs: tuple[str, ...] = (inj.key,)
@@ -300,7 +306,7 @@ def run_diffinject(ctx: Context) -> Trained:
     if cfg.data.name == "cmnist":
         di = cfg.diffinject  # the numbers read the labels and the images: another source or level, another stage
         shaped = {**({} if di.label_source == "style" else {"label_source": di.label_source}),
-                  **({"match_black": True} if di.match_black else {})}
+                  **black_key(di)}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
                                                                (inj.key,), shaped or None)
     ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
