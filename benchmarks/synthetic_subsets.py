@@ -6,8 +6,10 @@ images the grey shape classifier reads as their label's digit and whose stroke i
 perfect filter would keep; it reads the colour, the bias); ``similar`` (grey images correlated >= 0.7 with their style
 image: the style's digit kept); ``similar_conflicting`` (``similar`` and not assigned to their label by the run's
 GCE-biased classifier); ``black`` (every image, its black level matched to the real images', as
-``diffinject.match_black``). Same classifier settings as the run (its ``classifier`` section), selection as the run's;
-test unbiased accuracy.
+``diffinject.match_black``); ``conflicting`` (not assigned to their label by the GCE-biased classifier: an
+unsupervised filter); ``black_<subset>`` (that subset with the black level matched: e.g. ``black_useful``, what a
+perfect filter would add to the option). Same classifier settings as the run (its ``classifier`` section), selection
+as the run's; test unbiased accuracy.
 
     python benchmarks/synthetic_subsets.py runs/di/mean-s50-r03-s1 --subsets useful similar all
 """
@@ -20,14 +22,8 @@ from pathlib import Path
 
 import torch
 
-SUBSETS = ("all", "useful", "similar", "similar_conflicting", "palette", "black")
-
-
-def grey_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-pair Pearson correlation of two batches of grey (N, 1, H, W) images."""
-    a, b = a.float().flatten(1), b.float().flatten(1)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-6)
+BASES = ("all", "useful", "similar", "conflicting", "similar_conflicting", "palette")
+SUBSETS = BASES + ("black",) + tuple(f"black_{b}" for b in BASES if b != "all")
 
 
 def snap_to_palette(images: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -50,7 +46,7 @@ def main() -> None:
     from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import to_grey
     from diffdebias.methods.common import Context, train_stage
-    from diffdebias.methods.diffinject import match_black_level
+    from diffdebias.methods.diffinject import match_black_level, pearson
     from diffdebias.runs import Run, Stage, load_tensors
     from injection_probe import load_probe
 
@@ -62,19 +58,20 @@ def main() -> None:
     images, style = t["images"], t["style"]
     labels = d.train.labels[t[cfg.diffinject.label_source]]
     grey = to_grey(images)
-    similar = grey_correlation(grey, to_grey(d.train.images[style])) >= 0.7
+    similar = pearson(grey, to_grey(d.train.images[style])) >= 0.7
     biased = train_stage(ctx, "biased_classifier", cfg.amplifier).model
     conflicting = predict_logits(biased, images).argmax(1) != labels
     everything = torch.ones(len(images), dtype=torch.bool)
     colours = p.colours(images)
-    keep = {"all": everything, "palette": everything, "black": everything,
-            "useful": (p.digits(images) == labels) & (colours != labels),
-            "similar": similar, "similar_conflicting": similar & conflicting}
+    useful = (p.digits(images) == labels) & (colours != labels)
+    keep = {"all": everything, "palette": everything, "useful": useful, "similar": similar,
+            "conflicting": conflicting, "similar_conflicting": similar & conflicting}
     print("subset  images  unbiased  conflicting")
     for name in args.subsets:
-        m = keep[name]
-        chosen = (snap_to_palette(images, COLORS[colours]) if name == "palette" else
-                  match_black_level(images, d.train.images) if name == "black" else images[m])
+        m = keep[name.removeprefix("black").removeprefix("_") or "all"]
+        chosen = snap_to_palette(images, COLORS[colours]) if name.endswith("palette") else images
+        chosen = match_black_level(chosen, d.train.images) if name.startswith("black") else chosen
+        chosen = chosen[m]
         train = ImageSet(torch.cat([d.train.images, chosen]), torch.cat([d.train.labels, labels[m]]))
         with tempfile.TemporaryDirectory() as tmp:
             # the run's stage name: the same initial weights and batch order seeds as the run's final classifier

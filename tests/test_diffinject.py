@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffdebias.cli import main
-from diffdebias.methods.diffinject import black_level, match_black_level, misclassified, top_k_per_class
+from diffdebias.methods.diffinject import black_level, match_black_level, misclassified, pearson, top_k_per_class
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -53,6 +53,16 @@ def test_black_level_matching_gives_the_real_images_share_of_zeros():
     assert torch.equal(match_black_level(synthetic, real + 1), synthetic)  # no real zero: nothing to match
 
 
+def test_pearson_is_one_for_a_level_change_and_minus_one_for_a_negative():
+    a = torch.rand(5, 3, 8, 8)
+    b = torch.rand(5, 3, 8, 8)
+    assert torch.allclose(pearson(a, 2 * a + 7), torch.ones(5), atol=1e-6)
+    assert torch.allclose(pearson(a, -a), -torch.ones(5), atol=1e-6)
+    r = pearson(a, b)
+    assert r.shape == (5,) and bool((r.abs() < 0.5).all())  # independent noise: near 0
+    assert torch.allclose(pearson(a, b), pearson(b, a))
+
+
 def test_bad_content_pool_is_a_config_error():
     from diffdebias.config import ConfigError, load_config
 
@@ -62,6 +72,10 @@ def test_bad_content_pool_is_a_config_error():
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.synthetic_share=1.0"])
     with pytest.raises(ConfigError, match="diffinject.final_method"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=jtt"])
+    with pytest.raises(ConfigError, match="diffinject.keep"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=useful"])
+    with pytest.raises(ConfigError, match="diffinject.min_similarity"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.min_similarity=1.5"])
     with pytest.raises(ConfigError, match="synthetic_share to null"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=lff", "diffinject.synthetic_share=0.5"])
 
@@ -131,6 +145,18 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
     assert "stage synthetic_colour_shape: running" in log and m6["test"] != m2["test"]
     assert "black level matched" in (out / "report.md").read_text()
+
+    def kept(keep, threshold):
+        return run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+                   "--set", f"diffinject.keep={keep}", "--set", f"diffinject.min_similarity={threshold}")
+    m7 = kept("similar", -1.0)  # every correlation passes: every image kept, but a stage of its own
+    assert m7["synthetic_kept"] == m7["synthetic_images"] == m["synthetic_images"]
+    assert (out / "report.md").read_text().count("kept by `similar`") == 1
+    similar = kept("similar", 0.2)["synthetic_kept"]
+    none = kept("similar", 1.0)["synthetic_kept"]  # nothing is an exact copy: the real images alone
+    assert none <= similar < m["synthetic_images"]
+    conflicting = kept("similar_conflicting", -1.0)["synthetic_kept"]
+    assert 0 < conflicting < m["synthetic_images"]  # the GCE classifier assigns some synthetic images to their label
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):

@@ -107,6 +107,11 @@ class DDBConfig:
     reference_recipe: str = side("plain")  # (open) how the references train: plain (the amplifier's settings without
     #   its weight decay and augmentation: JTT's and LfF's own CMNIST recipes, under which real-data models memorise)
     #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
+    keep: str = added("all")  # which synthetic images the final classifier sees: all (released) | similar (those
+    #                          whose luminance correlates >= min_similarity with their style image's: the style's
+    #                          structure kept) | similar_conflicting (similar, and not assigned to their label by the
+    #                          GCE-biased classifier: no bias label read) (open)
+    min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DDBConfig:
@@ -180,6 +185,11 @@ class DiffInjectConfig:
     final_method: str = added("erm")  # final classifier on real + synthetic: erm (the classifier section's loss, as the
     #                            released code) | lff (LfF's weights from a GCE model trained beside it, the lff
     #                            section; a combination no paper makes) (open)
+    keep: str = added("all")  # which synthetic images the final classifier sees: all (released) | similar (those
+    #                          whose luminance correlates >= min_similarity with their style image's: the style's
+    #                          structure kept) | similar_conflicting (similar, and not assigned to their label by the
+    #                          GCE-biased classifier: no bias label read) (open)
+    min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
@@ -188,7 +198,8 @@ class DiffInjectConfig:
                                     ("general_data", self.general_data, ("train", "mnist")),
                                     ("style_pool", self.style_pool, ("all", "aligned")),
                                     ("label_source", self.label_source, ("style", "content")),
-                                    ("final_method", self.final_method, ("erm", "lff"))):
+                                    ("final_method", self.final_method, ("erm", "lff")),
+                                    ("keep", self.keep, ("all", "similar", "similar_conflicting"))):
             if value not in choices:
                 raise ConfigError(f"diffinject.{key} must be one of {', '.join(choices)}; got {value!r}")
         if self.top_k < 1:
@@ -197,6 +208,8 @@ class DiffInjectConfig:
             raise ConfigError(f"diffinject.synthetic_ratio must be > 0, got {self.synthetic_ratio}")
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
             raise ConfigError(f"diffinject.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
+        if not -1 <= self.min_similarity <= 1:
+            raise ConfigError(f"diffinject.min_similarity is a correlation in [-1, 1], got {self.min_similarity}")
         if self.final_method == "lff" and self.synthetic_share is not None:
             raise ConfigError("diffinject.final_method=lff draws real and synthetic images alike (LfF weights them); "
                               "set diffinject.synthetic_share to null")

@@ -3,7 +3,8 @@ through the h-space of an unconditional, P2-weighted diffusion model, then train
 
 Stages: biased_classifier (GCE, the ``amplifier`` section) -> biased_scores -> content pool (top-K CE per class) ->
 injection_diffusion (``diffusion`` section, on the general dataset) -> content_h (inverted content bottlenecks) ->
-injection (style inversion + injected generation, in resumable chunks) -> classifier on real + synthetic.
+injection (style inversion + injected generation, in resumable chunks) -> (optionally) the synthetic images that kept
+their style's structure -> classifier on real + synthetic.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..classifiers.train import predict_logits
 from ..classifiers.weighting import SyntheticShare, Weighting
 from ..config import DiffInjectConfig, key_dict, load_config
 from ..data.base import ImageSet
@@ -249,6 +251,37 @@ def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch
     return ImageSet(images, ctx.data.train.labels[t[di.label_source]]), t
 
 
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pair Pearson correlation of two equally long batches, each item flattened."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).float()
+
+
+def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``).
+
+    An image whose luminance no longer correlates with its style image's has lost the structure its label comes
+    from (on Colored MNIST, the digit), and such wrong-label images cost the classifier more than the good ones
+    add; ``similar_conflicting`` also drops those the GCE-biased classifier already assigns to their label, which
+    teach only the shortcut. Neither reads a bias label."""
+    di = ctx.cfg.diffinject
+    keep = torch.ones(len(synthetic), dtype=torch.bool)
+    if di.keep == "all":
+        return keep
+    style_images = ctx.data.train.images[style]
+    keep = pearson(synthetic.images.float().mean(1), style_images.float().mean(1)) >= di.min_similarity
+    if di.keep == "similar_conflicting":
+        biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier).model
+        keep &= predict_logits(biased, synthetic.images).argmax(1) != synthetic.labels
+    return keep
+
+
+def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
+    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images (nothing for ``all``)."""
+    return {} if di.keep == "all" else {"keep": di.keep, "min_similarity": di.min_similarity}
+
+
 def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
     """The final classifier's training set: every real image, then the synthetic ones (no bias labels for those)."""
     return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
@@ -261,7 +294,7 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
     cfg, d = ctx.cfg, ctx.data
     di = cfg.diffinject
     train = with_synthetic(d.train, synthetic)
-    extra: dict[str, Any] = {"label_source": di.label_source, **black_key(di)}
+    extra: dict[str, Any] = {"label_source": di.label_source, **black_key(di), **keep_key(di)}
     weighting: Weighting | None = None
     valid: ImageSet | str = "real"
     inputs: tuple[str, ...] = (inj.key,)
@@ -291,11 +324,16 @@ def run_diffinject(ctx: Context) -> Trained:
     general, general_key = general_dataset(ctx)
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
     inj = injection_stage(ctx, diff, pool, (scores.key,))
-    synthetic, pairs = load_injected(ctx, inj)
+    generated, pairs = load_injected(ctx, inj)
+    keep = kept_synthetic(ctx, generated, pairs["style"])
+    synthetic = ImageSet(generated.images[keep], generated.labels[keep])
+    if not len(synthetic):
+        ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image has a correlation >= "
+                    f"{cfg.diffinject.min_similarity} with its style image; the classifier sees the real images only")
     final = final_classifier(ctx, synthetic, inj)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
-    metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(synthetic))
+    metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(generated), synthetic_kept=len(synthetic))
     if d.train.has_bias:
         style_aligned = d.train.aligned_mask()[pairs["style"]]
         content_conflicting = ~d.train.aligned_mask()[pairs["content"]]
@@ -303,13 +341,13 @@ def run_diffinject(ctx: Context) -> Trained:
                             "content_conflicting": float(content_conflicting.double().mean())}
     if cfg.diffinject.compare_erm:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
-    if cfg.data.name == "cmnist":
+    if cfg.data.name == "cmnist" and len(synthetic):
         di = cfg.diffinject  # the numbers read the labels and the images: another source or level, another stage
         shaped = {**({} if di.label_source == "style" else {"label_source": di.label_source}),
-                  **black_key(di)}
+                  **black_key(di), **keep_key(di)}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
                                                                (inj.key,), shaped or None)
-    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, synthetic, pairs, metrics)
+    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics)
     return final
 
 
@@ -321,6 +359,8 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     di, ic = cfg.diffinject, cfg.injection
     pool_words = (f"the {len(pool)} training samples misclassified" if di.content_pool == "errors"
                   else f"top {di.top_k} per class")
+    kept_words = ("" if di.keep == "all" else
+                  f", {metrics['synthetic_kept']} kept by `{di.keep}` (correlation >= {di.min_similarity})")
     out = ["## DiffInject", "",
            f"Content pool: {pool_words} by the `{di.content_source}` ranking; styles from "
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
@@ -329,7 +369,8 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images"
            f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}"
            f"{', final classifier weighted by LfF' if di.final_method == 'lff' else ''}"
-           f"{', black level matched to the real images' if di.match_black else ''}.",
+           f"{', black level matched to the real images' if di.match_black else ''}"
+           f"{kept_words}.",
            ""]
     cp = metrics["content_pool"]
     if "truly_conflicting" in cp:
