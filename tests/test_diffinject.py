@@ -76,6 +76,8 @@ def test_bad_content_pool_is_a_config_error():
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=useful"])
     with pytest.raises(ConfigError, match="diffinject.min_similarity"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.min_similarity=1.5"])
+    with pytest.raises(ConfigError, match="unknown config key 'ddb.keep'"):  # a DiffInject option only
+        load_config("configs/cmnist/ddb.yaml", ["ddb.keep=similar"])
     with pytest.raises(ConfigError, match="synthetic_share to null"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=lff", "diffinject.synthetic_share=0.5"])
 

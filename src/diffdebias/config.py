@@ -107,11 +107,6 @@ class DDBConfig:
     reference_recipe: str = side("plain")  # (open) how the references train: plain (the amplifier's settings without
     #   its weight decay and augmentation: JTT's and LfF's own CMNIST recipes, under which real-data models memorise)
     #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
-    keep: str = added("all")  # which synthetic images the final classifier sees: all (released) | similar (those
-    #                          whose luminance correlates >= min_similarity with their style image's: the style's
-    #                          structure kept) | similar_conflicting (similar, and not assigned to their label by the
-    #                          GCE-biased classifier: no bias label read) (open)
-    min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DDBConfig:
