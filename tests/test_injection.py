@@ -24,6 +24,19 @@ def test_encode_then_decode_is_the_unet_forward(num_classes):
     assert torch.equal(full, split)
 
 
+def test_compiled_halves_match_the_eager_ones():
+    model = build_unet("tiny", 16, 3, None, seed=0).eval()
+    x = torch.randn(4, 3, 16, 16)
+    enc, dec = inj.unet_halves(compiled=True)
+    with torch.no_grad():
+        eager = [inj.decode(model, *inj.encode(model, x, t)) for t in (321, 17)]
+        compiled = [dec(model, *enc(model, x, t)) for t in (321, 17)]  # one graph for both timesteps
+    assert inj.unet_halves(compiled=False) == (inj.encode, inj.decode)
+    for a, b in zip(eager, compiled):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert not torch.allclose(compiled[0], compiled[1], atol=1e-3)  # the timestep reaches the compiled graph
+
+
 def test_slerp_keeps_the_norm_and_hits_both_endpoints():
     g = torch.Generator().manual_seed(0)
     h, hc = torch.randn(5, 8, 3, 3, generator=g), 7 * torch.randn(5, 8, 3, 3, generator=g)

@@ -149,6 +149,9 @@ class InjectionConfig:
     precision: str = added("auto")  # the U-Net's autocast in inversion and injection: fp32 | bf16 | auto (as
     #   diffusion.precision); the DDIM trajectories and the blend stay fp32. bf16 kept the reconstruction and the
     #   useful share and ran 1.6x faster on an AMX CPU (docs/results.md); stage keys hold the resolved precision
+    compile: bool = added(False)  # torch.compile the U-Net halves for inversion and injection: x1.3 on a 2-core
+    #   AVX-512 CPU in fp32 after a ~20 s compile (docs/results.md); batches then run one at a time, padded to
+    #   batch_size. It enters stage keys (compiled kernels round differently), as sampling.compile does
     mask: list[float] | None = None  # local injection box (top, bottom, left, right) as fractions of h; null: all
     batch_size: int = execution(64)  # images per inversion/generation batch (CPU optimum ~64; raise it on a GPU)
     workers: int = execution(0)  # batches run side by side in threads; 0: one per CPU thread on a CPU, 1 on a GPU

@@ -16,6 +16,7 @@ an injection step runs the encoder once and the decoder twice (original and inje
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -42,8 +43,20 @@ def check_splittable(model: torch.nn.Module) -> None:
 
 def encode(model: torch.nn.Module, x: torch.Tensor, t: int, class_labels: torch.Tensor | None = None):
     """The U-Net up to and including ``mid_block``: returns ``(h, skips, emb)``."""
-    m = unwrap(model)
-    timesteps = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+    return _encode(unwrap(model), x, _timesteps(x, t), class_labels)
+
+
+def decode(model: torch.nn.Module, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor):
+    """The U-Net after ``mid_block``: the noise prediction from bottleneck ``h`` and the encoder's ``skips``."""
+    return _decode(unwrap(model), h, skips, emb)
+
+
+def _timesteps(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+
+
+def _encode(m, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None):
+    # the timestep is a tensor here, so one compiled graph serves every step of the grid
     emb = m.time_embedding(m.time_proj(timesteps).to(dtype=m.dtype))
     if m.class_embedding is not None:
         if class_labels is None:
@@ -57,15 +70,32 @@ def encode(model: torch.nn.Module, x: torch.Tensor, t: int, class_labels: torch.
     return m.mid_block(sample, emb), skips, emb
 
 
-def decode(model: torch.nn.Module, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor):
-    """The U-Net after ``mid_block``: the noise prediction from bottleneck ``h`` and the encoder's ``skips``."""
-    m = unwrap(model)
+def _decode(m, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor):
     sample = h
     for block in m.up_blocks:
         n = len(block.resnets)
         res, skips = skips[-n:], skips[:-n]
         sample = block(sample, res, emb)
     return m.conv_out(m.conv_act(m.conv_norm_out(sample))).float()
+
+
+@functools.cache
+def _compiled_halves():
+    enc, dec = torch.compile(_encode, dynamic=False), torch.compile(_decode, dynamic=False)
+
+    def encode_compiled(model, x, t, class_labels=None):
+        return enc(unwrap(model), x, _timesteps(x, t), class_labels)
+
+    def decode_compiled(model, h, skips, emb):
+        return dec(unwrap(model), h, skips, emb)
+
+    return encode_compiled, decode_compiled
+
+
+def unet_halves(compiled: bool = False):
+    """``(encode, decode)``, or their torch.compile'd versions: one graph per batch shape (keep batches one size),
+    x1.3 on a 2-core AVX-512 CPU in fp32 after a one-off compile of ~20 s (docs/results.md); not thread-safe."""
+    return _compiled_halves() if compiled else (encode, decode)
 
 
 # ------------------------------------------------------------------------------------------------------- blends
@@ -163,19 +193,21 @@ def invert(
     record_from: int | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Deterministic DDIM inversion of ``x0`` (floats in [-1, 1]) along ``grid``; returns ``(x_T, h)``.
 
     ``h`` maps each timestep ``t >= record_from`` of the grid (all but the last) to the bottleneck of the U-Net
     evaluated at ``(x_t, t)``; None records nothing. ``precision`` (fp32 | bf16, resolved) is the U-Net's autocast;
-    the trajectory itself stays fp32, and h is recorded as fp32.
+    the trajectory itself stays fp32, and h is recorded as fp32. ``compiled``: run the torch.compile'd U-Net halves.
     """
+    enc, dec = unet_halves(compiled)
     x = x0.float()
     recorded: dict[int, torch.Tensor] = {}
     for i, j in tqdm(list(zip(grid[:-1], grid[1:])), desc="inversion", leave=False, disable=not progress):
         with autocast(precision, x.device):
-            h, skips, emb = encode(model, x, i)
-            eps = decode(model, h, skips, emb)
+            h, skips, emb = enc(model, x, i)
+            eps = dec(model, h, skips, emb)
         if record_from is not None and i >= record_from:
             recorded[i] = h.float()
         x = ddim_step(x, eps, _abar(alphas_cumprod, i), _abar(alphas_cumprod, j))
@@ -202,6 +234,7 @@ def inject(
     progress: bool = False,
     blend_mode: str = "slerp",
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Generate from the style's inverted noise ``x_T`` with the content bottleneck blended in; floats in [-1, 1].
 
@@ -215,7 +248,9 @@ def inject(
         mask: optional (top, bottom, left, right) box of h, as fractions, for local injection.
         blend_mode: how h meets the content's (:func:`blend`): ``slerp`` (the paper), ``mean`` or ``adain``.
         precision: the U-Net's autocast (fp32 | bf16, resolved); the blend and the DDIM update run in fp32.
+        compiled: run the torch.compile'd U-Net halves (:func:`unet_halves`).
     """
+    enc, dec = unet_halves(compiled)
     x = x_T.float()
     steps = list(reversed(grid))
     keys = sorted(content_h)
@@ -223,8 +258,8 @@ def inject(
         j = steps[k + 1] if k + 1 < len(steps) else -1
         abar_t, abar_prev = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
         with autocast(precision, x.device):
-            h, skips, emb = encode(model, x, i)
-            eps = decode(model, h, skips, emb)
+            h, skips, emb = enc(model, x, i)
+            eps = dec(model, h, skips, emb)
         x0 = None
         if i >= t_edit and gamma > 0:
             if not keys:
@@ -232,7 +267,7 @@ def inject(
             h_c = content_h[nearest_recorded(i, keys)].to(h.device, torch.float32)
             h_injected = blend(h.float(), h_c, gamma, mask, blend_mode)
             with autocast(precision, x.device):
-                x0 = predicted_x0(x, decode(model, h_injected, skips, emb), abar_t)
+                x0 = predicted_x0(x, dec(model, h_injected, skips, emb), abar_t)
         eta = boost_eta if i <= t_boost else 0.0
         noise = None
         if eta > 0 and j >= 0:

@@ -149,20 +149,25 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         abar = alphas_cumprod(dcfg).double()
         grid = truncated_grid(injection_grid(dcfg.num_train_timesteps, icfg.steps), icfg.t_start)
         bs = icfg.batch_size
-        workers = cpu_workers(device, icfg.workers)
+        # torch.compile'd halves are not called from several threads at once
+        workers = 1 if icfg.compile else cpu_workers(device, icfg.workers)
         side = d.train.images.shape[-1]
 
         def unit(index: torch.Tensor) -> torch.Tensor:  # training images as the U-Net sees them
             return to_unit(resize(d.train.images[index], dcfg.image_size or side).to(device))
+
+        def padded(rows: torch.Tensor) -> torch.Tensor:  # compiled: every batch one size, so one graph serves all
+            pad = bs - len(rows) if icfg.compile else 0
+            return torch.cat([rows, rows[:1].expand(pad, *rows.shape[1:])]) if pad else rows
 
         h_path = stage.path("content_h.safetensors")
         if h_path.exists():
             content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
         else:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
-            parts = [invert(model, unit(pool[s:s + bs]), grid, abar, icfg.t_edit, precision=precision)[1]
-                     for s in range(0, len(pool), bs)]
-            content_h = {t: torch.cat([p[t].cpu() for p in parts]) for t in parts[0]}
+            parts = [(invert(model, unit(padded(pool[s:s + bs])), grid, abar, icfg.t_edit, precision=precision,
+                             compiled=icfg.compile)[1], len(pool[s:s + bs])) for s in range(0, len(pool), bs)]
+            content_h = {t: torch.cat([p[t][:m].cpu() for p, m in parts]) for t in parts[0][0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
         position = torch.full((len(d.train),), -1, dtype=torch.long)
         position[pool] = torch.arange(len(pool))
@@ -183,14 +188,14 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
 
             def one_batch(s: int, stop: int = stop) -> torch.Tensor:  # the same batches for any number of workers
                 e = min(s + bs, stop)
-                style, content = pairs["style"][s:e], pairs["content"][s:e]
-                x_T, _ = invert(model, unit(style), grid, abar, precision=precision)
+                style, content = padded(pairs["style"][s:e]), padded(pairs["content"][s:e])
+                x_T, _ = invert(model, unit(style), grid, abar, precision=precision, compiled=icfg.compile)
                 h = {t: v[position[content]] for t, v in content_h.items()}
-                gens = [torch.Generator().manual_seed(int(v)) for v in pairs["seeds"][s:e]]
+                gens = [torch.Generator().manual_seed(int(v)) for v in padded(pairs["seeds"][s:e])]
                 x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
-                           gens, icfg.mask, blend_mode=icfg.blend, precision=precision)
+                           gens, icfg.mask, blend_mode=icfg.blend, precision=precision, compiled=icfg.compile)
                 bar.update(e - s)
-                return resize(to_uint8(x).cpu(), side)
+                return resize(to_uint8(x[: e - s]).cpu(), side)
 
             images.append(torch.cat(map_batches(one_batch, range(start, stop, bs), workers)))
             save_tensors(path, {"images": images[-1]})
