@@ -165,9 +165,13 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
         else:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
-            parts = [(invert(model, unit(padded(pool[s:s + bs])), grid, abar, icfg.t_edit, precision=precision,
-                             compiled=icfg.compile)[1], len(pool[s:s + bs])) for s in range(0, len(pool), bs)]
-            content_h = {t: torch.cat([p[t][:m].cpu() for p, m in parts]) for t in parts[0][0]}
+            parts = []
+            for s in range(0, len(pool), bs):
+                rows = pool[s:s + bs]
+                h = invert(model, unit(padded(rows)), grid, abar, icfg.t_edit, precision=precision,
+                           compiled=icfg.compile)[1]
+                parts.append({t: v[:len(rows)].cpu() for t, v in h.items()})
+            content_h = {t: torch.cat([p[t] for p in parts]) for t in parts[0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
         position = torch.full((len(d.train),), -1, dtype=torch.long)
         position[pool] = torch.arange(len(pool))
