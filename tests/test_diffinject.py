@@ -249,7 +249,8 @@ def test_compiled_injection_gives_the_eager_images_in_a_stage_of_its_own(tmp_pat
     from diffdebias.runs import load_tensors
 
     out = tmp_path / "di"
-    fixed = ["--set", "injection.batch_size=16", "--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1"]
+    fixed = ["--set", "injection.batch_size=16", "--set", "diffinject.compare_erm=false",
+             "--set", "classifier.epochs=1"]
     run(fake_mnist, out, *fixed)
     eager = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
     capsys.readouterr()

@@ -188,6 +188,12 @@ def _noise(gens: Sequence[torch.Generator], shape: tuple[int, ...], device) -> t
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
 
+def pad_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` with its first row repeated up to ``size`` rows: a compiled model sees one batch shape only."""
+    pad = size - len(rows)
+    return torch.cat([rows, rows[:1].expand(pad, *rows.shape[1:])]) if pad > 0 else rows
+
+
 def _prepare(model: torch.nn.Module, device, compile_model: bool) -> torch.nn.Module:
     model.eval().requires_grad_(False).to(device)
     if compile_model:
@@ -255,10 +261,9 @@ def sample(
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[start:stop]]
         x = _noise(gens, shape, device)
         y = labels[start:stop].to(device) if num_classes is not None else None
-        pad = cfg.batch_size - (stop - start) if cfg.compile else 0  # fixed shapes avoid recompiling
-        if pad:
-            x = torch.cat([x, x[:1].expand(pad, *shape)])
-            y = None if y is None else torch.cat([y, y[:1].expand(pad)])
+        if cfg.compile:  # fixed shapes avoid recompiling
+            x = pad_rows(x, cfg.batch_size)
+            y = None if y is None else pad_rows(y, cfg.batch_size)
         for i, t in enumerate(ts):
             with autocast(precision, device):
                 eps = predict_eps(net, x, t, y, cfg.guidance_scale)
@@ -266,8 +271,8 @@ def sample(
             noise = None
             if stochastic and i < len(ts) - 1:
                 noise = _noise(gens, shape, device)
-                if pad:
-                    noise = torch.cat([noise, noise[:1].expand(pad, *shape)])
+                if cfg.compile:
+                    noise = pad_rows(noise, cfg.batch_size)
             if cfg.sampler == "ddim":
                 x = ddim_step(x, eps, abar_t, abar_prev, cfg.eta, noise, clip=diffusion_cfg.clip_sample)
             else:

@@ -140,7 +140,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
         from ..diffusion.injection import check_splittable, inject, injection_grid, invert, truncated_grid
-        from ..diffusion.sampling import resize, to_uint8, to_unit
+        from ..diffusion.sampling import pad_rows, resize, to_uint8, to_unit
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
@@ -157,8 +157,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             return to_unit(resize(d.train.images[index], dcfg.image_size or side).to(device))
 
         def padded(rows: torch.Tensor) -> torch.Tensor:  # compiled: every batch one size, so one graph serves all
-            pad = bs - len(rows) if icfg.compile else 0
-            return torch.cat([rows, rows[:1].expand(pad, *rows.shape[1:])]) if pad else rows
+            return pad_rows(rows, bs) if icfg.compile else rows
 
         h_path = stage.path("content_h.safetensors")
         if h_path.exists():
