@@ -3,13 +3,15 @@ Colored MNIST, retrained on the real training set plus a subset of the run's syn
 
 Subsets: ``all`` (the run's own set: retrained here, it reproduces the run's number); ``useful`` (an oracle: the
 images the grey shape classifier reads as their label's digit and whose stroke is another class's colour, i.e. what a
-perfect filter would keep; it reads the colour, the bias); ``similar`` (grey images correlated >= 0.7 with their style
-image: the style's digit kept); ``similar_conflicting`` (``similar`` and not assigned to their label by the run's
-GCE-biased classifier); ``black`` (every image, its black level matched to the real images', as
-``diffinject.match_black``); ``conflicting`` (not assigned to their label by the GCE-biased classifier: an
-unsupervised filter); ``black_<subset>`` (that subset with the black level matched: e.g. ``black_useful``, what a
-perfect filter would add to the option). Same classifier settings as the run (its ``classifier`` section), selection
-as the run's; test unbiased accuracy.
+perfect filter would keep; it reads the colour, the bias; the table gives each subset's share of them);
+``similar`` (grey images correlated >= 0.7 with their style image: the style's digit kept); ``similar_conflicting``
+(``similar`` and not assigned to their label by the run's GCE-biased classifier); ``neighbours`` (most of the 5 real
+training images nearest in luminance carry the image's label); ``neighbours_conflicting`` (and the GCE-biased
+classifier does not assign it to that label); ``similar_neighbours_conflicting`` (all three); ``black`` (every
+image, its black level matched to the real images', as ``diffinject.match_black``); ``conflicting`` (not assigned to
+their label by the GCE-biased classifier: an unsupervised filter); ``black_<subset>`` (that subset with the black
+level matched: e.g. ``black_useful``, what a perfect filter would add to the option). Same classifier settings as the
+run (its ``classifier`` section), selection as the run's; test unbiased accuracy.
 
     python benchmarks/synthetic_subsets.py runs/di/mean-s50-r03-s1 --subsets useful similar all
 """
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-BASES = ("all", "useful", "similar", "conflicting", "similar_conflicting", "palette")
+BASES = ("all", "useful", "similar", "conflicting", "similar_conflicting", "palette", "neighbours",
+         "neighbours_conflicting", "similar_neighbours_conflicting")
 SUBSETS = BASES + ("black",) + tuple(f"black_{b}" for b in BASES if b != "all")
 
 
@@ -46,7 +49,7 @@ def main() -> None:
     from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import to_grey
     from diffdebias.methods.common import Context, train_stage
-    from diffdebias.methods.diffinject import match_black_level, pearson
+    from diffdebias.methods.diffinject import match_black_level, neighbours_agree, pearson
     from diffdebias.runs import Run, Stage, load_tensors
     from injection_probe import load_probe
 
@@ -64,9 +67,12 @@ def main() -> None:
     everything = torch.ones(len(images), dtype=torch.bool)
     colours = p.colours(images)
     useful = (p.digits(images) == labels) & (colours != labels)
+    neighbours = neighbours_agree(images, labels, d.train, 5)
     keep = {"all": everything, "palette": everything, "useful": useful, "similar": similar,
-            "conflicting": conflicting, "similar_conflicting": similar & conflicting}
-    print("subset  images  unbiased  conflicting")
+            "conflicting": conflicting, "similar_conflicting": similar & conflicting,
+            "neighbours": neighbours, "neighbours_conflicting": neighbours & conflicting,
+            "similar_neighbours_conflicting": similar & neighbours & conflicting}
+    print("subset  images  useful_share  unbiased  conflicting")
     for name in args.subsets:
         m = keep[name.removeprefix("black").removeprefix("_") or "all"]
         chosen = snap_to_palette(images, COLORS[colours]) if name.endswith("palette") else images
@@ -78,8 +84,9 @@ def main() -> None:
             stage = Stage("classifier", Path(tmp), "subset", cfg.seed, log=lambda s: None)
             model = train_classifier(stage, train, cfg.classifier, d.num_classes, d.valid, d.num_bias)
         r = evaluate(model, d.test, d.num_classes, d.num_bias)
-        print(f"{name}  {int(m.sum())}  {100 * r['unbiased_accuracy']:.2f}  {100 * r['conflicting_accuracy']:.2f}",
-              flush=True)
+        share = float((useful & m).sum()) / max(int(m.sum()), 1)  # the oracle's share of the subset
+        print(f"{name}  {int(m.sum())}  {share:.3f}  {100 * r['unbiased_accuracy']:.2f}  "
+              f"{100 * r['conflicting_accuracy']:.2f}", flush=True)
 
 
 if __name__ == "__main__":

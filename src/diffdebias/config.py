@@ -153,6 +153,9 @@ class BiasEnsembleConfig:
     agreement: int = 3  # pseudo bias-aligned when at least this many models flag it (BiasEnsemble --agreement)
 
 
+KEEP_FILTERS = ("similar", "neighbours", "conflicting")  # diffinject.keep's filters, in the order they are joined
+
+
 @dataclass
 class DiffInjectConfig:
     """DiffInject: GCE-biased classifier -> top-K content pool -> h-space injection -> classifier on real + synthetic.
@@ -180,11 +183,14 @@ class DiffInjectConfig:
     final_method: str = added("erm")  # final classifier on real + synthetic: erm (the classifier section's loss, as the
     #                            released code) | lff (LfF's weights from a GCE model trained beside it, the lff
     #                            section; a combination no paper makes) (open)
-    keep: str = added("all")  # which synthetic images the final classifier sees: all (released) | similar (those
-    #                          whose luminance correlates >= min_similarity with their style image's: the style's
-    #                          structure kept) | similar_conflicting (similar, and not assigned to their label by the
-    #                          GCE-biased classifier: no bias label read) (open)
+    keep: str = added("all")  # which synthetic images the final classifier sees: all (released), or filters joined
+    #                          by "_" in this order, each dropping more: similar (luminance correlates >=
+    #                          min_similarity with the style image's: the style's structure kept) | neighbours (the
+    #                          real training images nearest in luminance mostly carry the image's label) | conflicting
+    #                          (not assigned to its label by the GCE-biased classifier); e.g. similar_conflicting,
+    #                          neighbours_conflicting. None reads a bias label (open)
     min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
+    neighbours: int = added(5)  # keep=*neighbours*: how many nearest real training images vote on the label
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
@@ -193,10 +199,15 @@ class DiffInjectConfig:
                                     ("general_data", self.general_data, ("train", "mnist")),
                                     ("style_pool", self.style_pool, ("all", "aligned")),
                                     ("label_source", self.label_source, ("style", "content")),
-                                    ("final_method", self.final_method, ("erm", "lff")),
-                                    ("keep", self.keep, ("all", "similar", "similar_conflicting"))):
+                                    ("final_method", self.final_method, ("erm", "lff"))):
             if value not in choices:
                 raise ConfigError(f"diffinject.{key} must be one of {', '.join(choices)}; got {value!r}")
+        filters = self.keep_filters()
+        if self.keep != "all" and [f for f in KEEP_FILTERS if f in filters] != filters:
+            raise ConfigError(f"diffinject.keep must be all or filters from {', '.join(KEEP_FILTERS)} joined by '_' "
+                              f"in that order, each once (e.g. similar_conflicting); got {self.keep!r}")
+        if self.neighbours < 1:
+            raise ConfigError(f"diffinject.neighbours must be >= 1, got {self.neighbours}")
         if self.top_k < 1:
             raise ConfigError(f"diffinject.top_k must be >= 1, got {self.top_k}")
         if not self.synthetic_ratio > 0:
@@ -212,6 +223,10 @@ class DiffInjectConfig:
             raise ConfigError("diffinject.content_source=ddb needs diffinject.ddb_config "
                               "(e.g. configs/cmnist/ddb.yaml)")
         return self
+
+    def keep_filters(self) -> list[str]:
+        """The filters ``keep`` names, in order (none for ``all``)."""
+        return [] if self.keep == "all" else self.keep.split("_")
 
 
 def _amplifier_default() -> TrainConfig:

@@ -266,28 +266,62 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).float()
 
 
+def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet, k: int,
+                     chunk: int = 2048) -> torch.Tensor:
+    """Whether the label most of the ``k`` real training images nearest to each synthetic image carry is its label.
+    Nearness is the correlation of luminance, which drops the hue: on Colored MNIST the neighbours vote by their
+    digit, not their colour. A structure check against every real image rather than one style image; it reads the
+    class labels, no bias label."""
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().mean(1).flatten(1)
+        return torch.nn.functional.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+    if not len(images):
+        return torch.zeros(0, dtype=torch.bool)
+    ref, query, classes = unit(real.images), unit(images), int(real.labels.max()) + 1
+    k = min(k, len(ref))
+    votes = torch.cat([torch.nn.functional.one_hot(real.labels[(query[i:i + chunk] @ ref.T).topk(k, dim=1).indices],
+                                                   classes).sum(1)
+                       for i in range(0, len(query), chunk)])
+    return votes.argmax(1) == labels
+
+
 def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> torch.Tensor:
     """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``).
 
-    An image whose luminance no longer correlates with its style image's has lost the structure its label comes
-    from (on Colored MNIST, the digit), and such wrong-label images cost the classifier more than the good ones
-    add; ``similar_conflicting`` also drops those the GCE-biased classifier already assigns to their label, which
-    teach only the shortcut. Neither reads a bias label."""
+    An image whose luminance no longer correlates with its style image's (``similar``), or whose nearest real images
+    carry another label (``neighbours``), has lost the structure its label comes from (on Colored MNIST, the digit),
+    and such wrong-label images cost the classifier more than the good ones add; ``conflicting`` drops those the
+    GCE-biased classifier already assigns to their label, which teach only the shortcut. None reads a bias label."""
     di = ctx.cfg.diffinject
     keep = torch.ones(len(synthetic), dtype=torch.bool)
-    if di.keep == "all":
-        return keep
-    style_images = ctx.data.train.images[style]
-    keep = pearson(synthetic.images.float().mean(1), style_images.float().mean(1)) >= di.min_similarity
-    if di.keep == "similar_conflicting":
-        biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier).model
-        keep &= predict_logits(biased, synthetic.images).argmax(1) != synthetic.labels
+    for name in di.keep_filters():
+        if name == "similar":
+            style_images = ctx.data.train.images[style]
+            keep &= pearson(synthetic.images.float().mean(1), style_images.float().mean(1)) >= di.min_similarity
+        elif name == "neighbours":
+            keep &= neighbours_agree(synthetic.images, synthetic.labels, ctx.data.train, di.neighbours)
+        else:
+            biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier).model
+            keep &= predict_logits(biased, synthetic.images).argmax(1) != synthetic.labels
     return keep
 
 
 def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
-    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images (nothing for ``all``)."""
-    return {} if di.keep == "all" else {"keep": di.keep, "min_similarity": di.min_similarity}
+    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images (nothing for ``all``; the
+    neighbour count only where that filter is on, so earlier stages keep their keys)."""
+    if di.keep == "all":
+        return {}
+    return {"keep": di.keep, "min_similarity": di.min_similarity,
+            **({"neighbours": di.neighbours} if "neighbours" in di.keep_filters() else {})}
+
+
+def keep_words(di: DiffInjectConfig) -> str:
+    """The report's description of the filters ``diffinject.keep`` applies."""
+    words = {"similar": f"correlation >= {di.min_similarity} with the style image",
+             "neighbours": f"label of most of the {di.neighbours} nearest real images",
+             "conflicting": "not assigned to its label by the GCE-biased classifier"}
+    return "; ".join(words[f] for f in di.keep_filters())
 
 
 def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
@@ -336,8 +370,8 @@ def run_diffinject(ctx: Context) -> Trained:
     keep = kept_synthetic(ctx, generated, pairs["style"])
     synthetic = ImageSet(generated.images[keep], generated.labels[keep])
     if not len(synthetic):
-        ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image has a correlation >= "
-                    f"{cfg.diffinject.min_similarity} with its style image; the classifier sees the real images only")
+        ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image passes "
+                    f"({keep_words(cfg.diffinject)}); the classifier sees the real images only")
     final = final_classifier(ctx, synthetic, inj)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
@@ -368,7 +402,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     pool_words = (f"the {len(pool)} training samples misclassified" if di.content_pool == "errors"
                   else f"top {di.top_k} per class")
     kept_words = ("" if di.keep == "all" else
-                  f", {metrics['synthetic_kept']} kept by `{di.keep}` (correlation >= {di.min_similarity})")
+                  f", {metrics['synthetic_kept']} kept by `{di.keep}` ({keep_words(di)})")
     out = ["## DiffInject", "",
            f"Content pool: {pool_words} by the `{di.content_source}` ranking; styles from "
            f"`{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data `{di.general_data}`; "
