@@ -199,7 +199,11 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert kept("conflicting", 0.99)["synthetic_kept"] == conflicting  # the threshold reads only for similar
     neighbours = kept("neighbours_conflicting", -1.0)["synthetic_kept"]
     assert neighbours < conflicting  # some images' nearest real images carry another label
-    assert "label of most of the 5 nearest real images" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "label of most of the 5 nearest real images" in report and "Kept and dropped" in report
+    from PIL import Image
+
+    assert Image.open(out / "figures" / "kept.png").size[1] == 2 + 2 * (28 + 2)  # a kept row and a dropped row
 
 
 def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):

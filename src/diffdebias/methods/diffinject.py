@@ -389,13 +389,13 @@ def run_diffinject(ctx: Context) -> Trained:
                   **black_key(di), **keep_key(di)}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
                                                                (inj.key,), shaped or None)
-    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics)
+    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep)
     return final
 
 
 def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: ImageSet,
-                      pairs: dict[str, torch.Tensor], metrics: dict[str, Any]) -> list[str]:
-    from ..evaluation.diffinject_figures import triples_figure
+                      pairs: dict[str, torch.Tensor], metrics: dict[str, Any], keep: torch.Tensor) -> list[str]:
+    from ..evaluation.diffinject_figures import kept_figure, triples_figure
 
     cfg, d = ctx.cfg, ctx.data
     di, ic = cfg.diffinject, cfg.injection
@@ -431,6 +431,11 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     triples_figure(d.train.images[pairs["style"][:16]], d.train.images[pairs["content"][:16]],
                    synthetic.images[:16], figures / "triples.png")
     out += ["### (style, content, result) triples", "", "![triples](figures/triples.png)", ""]
+    if di.keep != "all" and keep.any() and not keep.all():
+        kept_figure(synthetic.images, keep, figures / "kept.png")
+        out += [f"### Kept and dropped by `{di.keep}`", "",
+                "Top row: synthetic images the final classifier sees; bottom row: images the filter dropped.", "",
+                "![kept](figures/kept.png)", ""]
     grid = inj.path("images") / "grid.png"
     if grid.exists():
         (figures / "synthetic_grid.png").write_bytes(grid.read_bytes())
