@@ -266,24 +266,28 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).float()
 
 
-def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet, k: int,
-                     chunk: int = 2048) -> torch.Tensor:
-    """Whether the label most of the ``k`` real training images nearest to each synthetic image carry is its label.
-    Nearness is the correlation of luminance, which drops the hue: on Colored MNIST the neighbours vote by their
-    digit, not their colour. A structure check against every real image rather than one style image; it reads the
-    class labels, no bias label."""
+def neighbour_votes(images: torch.Tensor, real: ImageSet, k: int, chunk: int = 2048) -> torch.Tensor:
+    """(N, classes) counts of the labels of the ``k`` real images nearest to each image. Nearness is the correlation
+    of luminance, each image centred and scaled, which ignores the hue: on Colored MNIST the neighbours vote by their
+    digit, not their colour."""
     def unit(x: torch.Tensor) -> torch.Tensor:
         x = x.float().mean(1).flatten(1)
         return torch.nn.functional.normalize(x - x.mean(1, keepdim=True), dim=1)
 
+    classes = int(real.labels.max()) + 1
     if not len(images):
-        return torch.zeros(0, dtype=torch.bool)
-    ref, query, classes = unit(real.images), unit(images), int(real.labels.max()) + 1
-    k = min(k, len(ref))
-    votes = torch.cat([torch.nn.functional.one_hot(real.labels[(query[i:i + chunk] @ ref.T).topk(k, dim=1).indices],
-                                                   classes).sum(1)
-                       for i in range(0, len(query), chunk)])
-    return votes.argmax(1) == labels
+        return torch.zeros(0, classes, dtype=torch.long)
+    ref, query, k = unit(real.images), unit(images), min(k, len(real))
+    return torch.cat([torch.nn.functional.one_hot(real.labels[(query[i:i + chunk] @ ref.T).topk(k, dim=1).indices],
+                                                  classes).sum(1)
+                      for i in range(0, len(query), chunk)])
+
+
+def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet, k: int) -> torch.Tensor:
+    """Whether the label most of the ``k`` real training images nearest to each synthetic image carry
+    (:func:`neighbour_votes`) is its label: a structure check against every real image rather than one style image.
+    It reads the class labels, no bias label."""
+    return neighbour_votes(images, real, k).argmax(1) == labels
 
 
 def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> torch.Tensor:
