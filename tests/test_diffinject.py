@@ -342,3 +342,17 @@ def test_map_batches_keeps_the_order_and_restores_the_thread_count():
     assert map_batches(square, range(7), workers=3) == [i * i for i in range(7)]
     assert set(seen) == {1} and torch.get_num_threads() == threads
     assert cpu_workers(torch.device("cpu"), 3) == 3 and cpu_workers(torch.device("meta")) == 1
+
+
+def test_keep_key_holds_only_the_settings_its_filters_read():
+    from diffdebias.config import load_config
+    from diffdebias.methods.diffinject import keep_key
+
+    def key(*overrides):
+        return keep_key(load_config("configs/cmnist/diffinject.yaml", list(overrides)).diffinject)
+
+    assert key() == {}
+    assert key("diffinject.keep=similar_conflicting") == {"keep": "similar_conflicting", "min_similarity": 0.7}
+    assert key("diffinject.keep=neighbours_conflicting", "diffinject.min_similarity=0.2") == \
+        key("diffinject.keep=neighbours_conflicting") == {"keep": "neighbours_conflicting", "neighbours": 5}
+    assert key("diffinject.keep=similar_neighbours_conflicting", "diffinject.neighbours=3")["neighbours"] == 3

@@ -312,12 +312,13 @@ def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> to
 
 
 def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
-    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images (nothing for ``all``; the
-    neighbour count only where that filter is on, so earlier stages keep their keys)."""
+    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images: nothing for ``all``, else
+    the filters and the settings of those that are on (``similar`` and ``similar_conflicting`` keep their keys)."""
     if di.keep == "all":
         return {}
-    return {"keep": di.keep, "min_similarity": di.min_similarity,
-            **({"neighbours": di.neighbours} if "neighbours" in di.keep_filters() else {})}
+    filters = di.keep_filters()
+    return {"keep": di.keep, **({"min_similarity": di.min_similarity} if "similar" in filters else {}),
+            **({"neighbours": di.neighbours} if "neighbours" in filters else {})}
 
 
 def keep_words(di: DiffInjectConfig) -> str:
