@@ -38,8 +38,7 @@ def test_top_k_per_class_takes_each_class_highest_losses():
 def test_error_set_pool_is_every_misclassified_sample():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     assert misclassified(torch.tensor([0, 1, 1, 0, 2, 0]), labels).tolist() == [1, 3, 5]
-    with pytest.raises(ValueError, match="content_pool=top_k"):
-        misclassified(labels.clone(), labels)
+    assert misclassified(labels.clone(), labels).tolist() == []
 
 
 def test_black_level_matching_gives_the_real_images_share_of_zeros():
@@ -115,6 +114,10 @@ def test_bad_content_pool_is_a_config_error():
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.min_similarity=1.5"])
     with pytest.raises(ConfigError, match="unknown config key 'ddb.keep'"):  # a DiffInject option only
         load_config("configs/cmnist/ddb.yaml", ["ddb.keep=similar"])
+    with pytest.raises(ConfigError, match="diffinject.upsample_errors must be"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.upsample_errors=-2"])
+    with pytest.raises(ConfigError, match="final_method=erm and synthetic_share null"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.upsample_errors=5", "diffinject.synthetic_share=0.5"])
     with pytest.raises(ConfigError, match="synthetic_share to null"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=lff", "diffinject.synthetic_share=0.5"])
 
@@ -250,6 +253,16 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
         (out / "injection" / "images" / "synthetic.csv").open())])
     assert wrong[contents].all() and m["synthetic_images"] == round(0.1 * (1350 - int(wrong.sum())))
     assert "misclassified by the `gce` ranking" in (out / "report.md").read_text()
+
+    train = load_dataset(cfg.data).train  # the same errors, now also repeated in the final classifier's epochs
+    m2 = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.upsample_errors=-1")
+    n_wrong, truly = int(wrong.sum()), int((wrong & (train.labels != train.bias)).sum())
+    auto = int((1350 - n_wrong) / n_wrong) - 1  # JTT's rule over the real training set
+    assert m2["upsampled_errors"] == {"pool": n_wrong, "truly_conflicting": truly, "purity": truly / n_wrong,
+                                      "copies": auto}
+    assert m2["test"] != m["test"] and m2["synthetic_images"] == m["synthetic_images"]
+    assert f"seen {1 + auto} times per epoch" in (out / "report.md").read_text()
 
 
 def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):

@@ -190,6 +190,10 @@ class DiffInjectConfig:
     #                          (not assigned to its label by the GCE-biased classifier); e.g. similar_conflicting,
     #                          neighbours_conflicting. None reads a bias label (open)
     min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
+    upsample_errors: int = added(0)  # final classifier: extra copies per epoch of each real training sample the
+    #                                  ranking model misclassifies (JTT's error set, read from the scores that rank
+    #                                  the content pool); 0: none (released); -1: JTT's auto int((N - |E|) / |E|) - 1
+    #                                  over the real images. Reads no bias label; a combination no paper makes (open)
     neighbours: int = added(5)  # keep=*neighbours*: how many nearest real training images vote on the label
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
@@ -216,6 +220,11 @@ class DiffInjectConfig:
             raise ConfigError(f"diffinject.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
         if not -1 <= self.min_similarity <= 1:
             raise ConfigError(f"diffinject.min_similarity is a correlation in [-1, 1], got {self.min_similarity}")
+        if self.upsample_errors < -1:
+            raise ConfigError(f"diffinject.upsample_errors must be >= 0 or -1 (auto), got {self.upsample_errors}")
+        if self.upsample_errors and (self.final_method == "lff" or self.synthetic_share is not None):
+            raise ConfigError("diffinject.upsample_errors sets the final classifier's draws itself: use it with "
+                              "final_method=erm and synthetic_share null")
         if self.final_method == "lff" and self.synthetic_share is not None:
             raise ConfigError("diffinject.final_method=lff draws real and synthetic images alike (LfF weights them); "
                               "set diffinject.synthetic_share to null")

@@ -4,7 +4,8 @@ through the h-space of an unconditional, P2-weighted diffusion model, then train
 Stages: biased_classifier (GCE, the ``amplifier`` section) -> biased_scores -> content pool (top-K CE per class) ->
 injection_diffusion (``diffusion`` section, on the general dataset) -> content_h (inverted content bottlenecks) ->
 injection (style inversion + injected generation, in resumable chunks) -> (optionally) the synthetic images that kept
-their style's structure -> classifier on real + synthetic.
+their style's structure -> classifier on real + synthetic (optionally with the real samples the ranking model
+misclassifies repeated, ``diffinject.upsample_errors``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..classifiers.debias_weighting import Upsample
 from ..classifiers.train import predict_logits
 from ..classifiers.weighting import SyntheticShare, Weighting
 from ..config import DiffInjectConfig, key_dict, load_config
@@ -42,11 +44,7 @@ def top_k_per_class(loss: torch.Tensor, labels: torch.Tensor, k: int) -> torch.T
 
 def misclassified(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Indices of the samples whose predicted class is not their label (JTT's error set), sorted."""
-    index = (pred != labels).nonzero().flatten()
-    if not len(index):
-        raise ValueError("diffinject.content_pool=errors: the ranking model gets every training sample right, so the "
-                         "pool would be empty; use content_pool=top_k")
-    return index
+    return (pred != labels).nonzero().flatten()
 
 
 def content_pool(ctx: Context, scores: Scores) -> torch.Tensor:
@@ -57,7 +55,11 @@ def content_pool(ctx: Context, scores: Scores) -> torch.Tensor:
     """
     di, labels = ctx.cfg.diffinject, ctx.data.train.labels
     if di.content_pool == "errors":
-        return misclassified(scores.pred, labels)
+        index = misclassified(scores.pred, labels)
+        if not len(index):
+            raise ValueError("diffinject.content_pool=errors: the ranking model gets every training sample right, so "
+                             "the pool would be empty; use content_pool=top_k")
+        return index
     return top_k_per_class(scores.loss, labels, di.top_k)
 
 
@@ -334,10 +336,19 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
     return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
 
 
-def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
+def error_copies(ctx: Context, errors: torch.Tensor) -> int:
+    """Extra copies per epoch of each real error (``diffinject.upsample_errors``; -1: JTT's rule over the real set)."""
+    from .baselines import jtt_copies
+
+    return jtt_copies(ctx.cfg.diffinject.upsample_errors, len(ctx.data.train), len(errors))
+
+
+def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torch.Tensor) -> Trained:
     """The classifier on every real image plus the synthetic ones: drawn uniformly (the released code), with a fixed
-    synthetic share per epoch, or weighted by LfF (``diffinject.final_method=lff``: a GCE model trained beside it
-    up-weights what it fails on, real or synthetic; selected as LfF selects when ``classifier.select=valid``)."""
+    synthetic share per epoch, weighted by LfF (``diffinject.final_method=lff``: a GCE model trained beside it
+    up-weights what it fails on, real or synthetic; selected as LfF selects when ``classifier.select=valid``), or
+    with the real ``errors`` of the ranking model repeated (``diffinject.upsample_errors``): the synthetic images
+    teach the shape through other images, the errors are the few real bias-conflicting images themselves."""
     cfg, d = ctx.cfg, ctx.data
     di = cfg.diffinject
     train = with_synthetic(d.train, synthetic)
@@ -345,7 +356,11 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage) -> Trained:
     weighting: Weighting | None = None
     valid: ImageSet | str = "real"
     inputs: tuple[str, ...] = (inj.key,)
-    if di.final_method == "lff":
+    if di.upsample_errors:
+        copies = error_copies(ctx, errors)
+        weighting = Upsample(errors, copies)  # the real images come first in ``train``: their indices hold
+        extra.update(upsample_errors=di.upsample_errors, copies=copies)
+    elif di.final_method == "lff":
         from .baselines import lff_selection, lff_weighting, require_ce
 
         require_ce(cfg.classifier, "diffinject.final_method=lff")
@@ -377,10 +392,13 @@ def run_diffinject(ctx: Context) -> Trained:
     if not len(synthetic):
         ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image passes "
                     f"({keep_words(cfg.diffinject)}); the classifier sees the real images only")
-    final = final_classifier(ctx, synthetic, inj)
+    errors = misclassified(scores.pred, d.train.labels)
+    final = final_classifier(ctx, synthetic, inj, errors)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(generated), synthetic_kept=len(synthetic))
+    if cfg.diffinject.upsample_errors:
+        metrics["upsampled_errors"] = {**purity(d.train, errors), "copies": error_copies(ctx, errors)}
     if d.train.has_bias:
         style_aligned = d.train.aligned_mask()[pairs["style"]]
         content_conflicting = ~d.train.aligned_mask()[pairs["content"]]
@@ -396,6 +414,14 @@ def run_diffinject(ctx: Context) -> Trained:
                                                                (inj.key,), shaped or None)
     ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep)
     return final
+
+
+def upsample_words(metrics: dict[str, Any]) -> str:
+    """The report's words for ``diffinject.upsample_errors`` (empty when off)."""
+    if "upsampled_errors" not in metrics:
+        return ""
+    u = metrics["upsampled_errors"]
+    return f", the ranking model's {u['pool']} real training errors seen {1 + u['copies']} times per epoch"
 
 
 def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: ImageSet,
@@ -416,6 +442,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
            f"{'' if ic.mask is None else f', mask {ic.mask}'}; {len(synthetic)} synthetic images"
            f"{'' if di.synthetic_share is None else f', {di.synthetic_share} of each epoch of the final classifier'}"
            f"{', final classifier weighted by LfF' if di.final_method == 'lff' else ''}"
+           f"{upsample_words(metrics)}"
            f"{', black level matched to the real images' if di.match_black else ''}"
            f"{kept_words}.",
            ""]
@@ -423,6 +450,10 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     if "truly_conflicting" in cp:
         out += [f"Content pool purity: **{cp['truly_conflicting']} of {cp['pool']}** truly bias-conflicting "
                 f"({100 * cp['purity']:.1f} %).", ""]
+    u = metrics.get("upsampled_errors", {})
+    if "truly_conflicting" in u:
+        out += [f"Upsampled real errors: **{u['truly_conflicting']} of {u['pool']}** truly bias-conflicting "
+                f"({100 * u['purity']:.1f} %), each seen {1 + u['copies']} times per epoch.", ""]
     if "erm" in metrics:
         e = metrics["erm"]["test"]
         out += [f"Plain ERM on the real data with the same classifier settings: test unbiased accuracy "
