@@ -117,7 +117,8 @@ def test_bad_content_pool_is_a_config_error():
     with pytest.raises(ConfigError, match="diffinject.upsample_errors must be"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.upsample_errors=-2"])
     with pytest.raises(ConfigError, match="final_method=erm and synthetic_share null"):
-        load_config("configs/cmnist/diffinject.yaml", ["diffinject.upsample_errors=5", "diffinject.synthetic_share=0.5"])
+        load_config("configs/cmnist/diffinject.yaml",
+                    ["diffinject.upsample_errors=5", "diffinject.synthetic_share=0.5"])
     with pytest.raises(ConfigError, match="synthetic_share to null"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.final_method=lff", "diffinject.synthetic_share=0.5"])
 
