@@ -97,6 +97,12 @@ def test_keep_filters_join_in_order():
             load_config("configs/cmnist/diffinject.yaml", [f"diffinject.keep={bad}"])
     with pytest.raises(ConfigError, match="diffinject.neighbours"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.neighbours=0"])
+    assert load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=conflicting_crossfit"]).diffinject \
+        .keep_filters() == ["conflicting", "crossfit"]
+    with pytest.raises(ConfigError, match="diffinject.keep"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=crossfit_similar"])
+    with pytest.raises(ConfigError, match="diffinject.crossfit_epochs"):
+        load_config("configs/cmnist/diffinject.yaml", ["diffinject.crossfit_epochs=0"])
 
 
 def test_bad_content_pool_is_a_config_error():
@@ -265,6 +271,47 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
     assert m2["test"] != m["test"] and m2["synthetic_images"] == m["synthetic_images"]
     assert f"seen {1 + auto} times per epoch" in (out / "report.md").read_text()
 
+    m3 = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false",
+             "--set", "diffinject.upsample_errors=-1", "--set", "diffinject.keep=crossfit",
+             "--set", "diffinject.crossfit_epochs=1")
+    from diffdebias.classifiers.train import load_classifier, predict_logits
+    from diffdebias.runs import Stage
+
+    injected = load_tensors(out / "injection" / "injected.safetensors")[0]
+    images, labels = injected["images"], train.labels[injected["style"]]
+    n = len(images)
+    agree = torch.zeros(n, dtype=torch.bool)
+    for k, held in ((0, torch.arange(1, n, 2)), (1, torch.arange(0, n, 2))):  # each half read by the other's model
+        c = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", *TINY[1::2]])
+        model = load_classifier(Stage(f"crossfit_{k}", out / f"crossfit_{k}", key="", seed=0), c.classifier)
+        agree[held] = predict_logits(model, images[held]).argmax(1) == labels[held]
+    assert m3["synthetic_kept"] == int(agree.sum()) and m3["synthetic_images"] == n
+    assert "a 1-epoch classifier trained without it" in (out / "report.md").read_text()
+
+
+def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_show(tmp_path, fake_mnist):
+    from diffdebias.config import load_config
+    from diffdebias.data.base import ImageSet
+    from diffdebias.methods.common import Context
+    from diffdebias.methods.diffinject import crossfit_agree
+    from diffdebias.runs import Run
+
+    cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05",
+                                                        "diffinject.keep=crossfit", "diffinject.crossfit_epochs=3"])
+    ctx = Context(cfg, Run(tmp_path / "run", seed=0, quiet=True))
+    train = ctx.data.train
+    # stand-ins for synthetic images: copies of training images, every other one under another class's label
+    images = train.images[:400]
+    wrong = torch.arange(400) % 2 == 1
+    labels = torch.where(wrong, (train.labels[:400] + 1) % 10, train.labels[:400])
+    keep = torch.ones(400, dtype=torch.bool)
+    keep[:40] = False  # dropped by an earlier filter: stays dropped, and no half classifier trains on it
+    agree = crossfit_agree(ctx, ImageSet(images, labels), keep, torch.zeros(0, dtype=torch.long), ("probe",))
+    assert not agree[:40].any()
+    assert float(agree[40:][~wrong[40:]].double().mean()) > 0.8  # their picture shows their label
+    assert float(agree[40:][wrong[40:]].double().mean()) < 0.2  # it shows another class
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["crossfit_0", "crossfit_1"]
+
 
 def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):
     from pathlib import Path
@@ -370,3 +417,5 @@ def test_keep_key_holds_only_the_settings_its_filters_read():
     assert key("diffinject.keep=neighbours_conflicting", "diffinject.min_similarity=0.2") == \
         key("diffinject.keep=neighbours_conflicting") == {"keep": "neighbours_conflicting", "neighbours": 5}
     assert key("diffinject.keep=similar_neighbours_conflicting", "diffinject.neighbours=3")["neighbours"] == 3
+    assert key("diffinject.keep=similar_conflicting_crossfit", "diffinject.crossfit_epochs=5") == {
+        "keep": "similar_conflicting_crossfit", "min_similarity": 0.7, "crossfit_epochs": 5}

@@ -153,7 +153,8 @@ class BiasEnsembleConfig:
     agreement: int = 3  # pseudo bias-aligned when at least this many models flag it (BiasEnsemble --agreement)
 
 
-KEEP_FILTERS = ("similar", "neighbours", "conflicting")  # diffinject.keep's filters, in the order they are joined
+# diffinject.keep's filters, in the order they are joined
+KEEP_FILTERS = ("similar", "neighbours", "conflicting", "crossfit")
 
 
 @dataclass
@@ -187,14 +188,18 @@ class DiffInjectConfig:
     #                          by "_" in this order, each dropping more: similar (luminance correlates >=
     #                          min_similarity with the style image's: the style's structure kept) | neighbours (the
     #                          real training images nearest in luminance mostly carry the image's label) | conflicting
-    #                          (not assigned to its label by the GCE-biased classifier); e.g. similar_conflicting,
-    #                          neighbours_conflicting. None reads a bias label (open)
+    #                          (not assigned to its label by the GCE-biased classifier) | crossfit (assigned to its
+    #                          label by a classifier trained on the real images and the other half of the images kept
+    #                          so far: wrong-label images are label noise); e.g. similar_conflicting,
+    #                          similar_conflicting_crossfit. None reads a bias label (open)
     min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
     upsample_errors: int = added(0)  # final classifier: extra copies per epoch of each real training sample the
     #                                  ranking model misclassifies (JTT's error set, read from the scores that rank
     #                                  the content pool); 0: none (released); -1: JTT's auto int((N - |E|) / |E|) - 1
     #                                  over the real images. Reads no bias label; a combination no paper makes (open)
     neighbours: int = added(5)  # keep=*neighbours*: how many nearest real training images vote on the label
+    crossfit_epochs: int = added(20)  # keep=*crossfit: epochs of each of the two half classifiers (the classifier
+    #                                  section's other settings, and upsample_errors' copies) (open)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self) -> DiffInjectConfig:
@@ -210,6 +215,8 @@ class DiffInjectConfig:
         if self.keep != "all" and [f for f in KEEP_FILTERS if f in filters] != filters:
             raise ConfigError(f"diffinject.keep must be all or filters from {', '.join(KEEP_FILTERS)} joined by '_' "
                               f"in that order, each once (e.g. similar_conflicting); got {self.keep!r}")
+        if self.crossfit_epochs < 1:
+            raise ConfigError(f"diffinject.crossfit_epochs must be >= 1, got {self.crossfit_epochs}")
         if self.neighbours < 1:
             raise ConfigError(f"diffinject.neighbours must be >= 1, got {self.neighbours}")
         if self.top_k < 1:

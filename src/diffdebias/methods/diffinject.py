@@ -292,13 +292,16 @@ def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet,
     return neighbour_votes(images, real, k).argmax(1) == labels
 
 
-def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> torch.Tensor:
+def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, errors: torch.Tensor,
+                   inputs: tuple[str, ...]) -> torch.Tensor:
     """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``).
 
     An image whose luminance no longer correlates with its style image's (``similar``), or whose nearest real images
     carry another label (``neighbours``), has lost the structure its label comes from (on Colored MNIST, the digit),
     and such wrong-label images cost the classifier more than the good ones add; ``conflicting`` drops those the
-    GCE-biased classifier already assigns to their label, which teach only the shortcut. None reads a bias label."""
+    GCE-biased classifier already assigns to their label, which teach only the shortcut; ``crossfit`` drops those a
+    classifier trained without them does not assign to their label (:func:`crossfit_agree`). None reads a bias label.
+    ``errors`` and ``inputs`` (the stage keys the images and errors come from) serve ``crossfit``."""
     di = ctx.cfg.diffinject
     keep = torch.ones(len(synthetic), dtype=torch.bool)
     for name in di.keep_filters():
@@ -307,10 +310,36 @@ def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> to
             keep &= pearson(synthetic.images.float().mean(1), style_images.float().mean(1)) >= di.min_similarity
         elif name == "neighbours":
             keep &= neighbours_agree(synthetic.images, synthetic.labels, ctx.data.train, di.neighbours)
-        else:
+        elif name == "conflicting":
             biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier).model
             keep &= predict_logits(biased, synthetic.images).argmax(1) != synthetic.labels
+        else:
+            keep &= crossfit_agree(ctx, synthetic, keep, errors, inputs)
     return keep
+
+
+def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors: torch.Tensor,
+                   inputs: tuple[str, ...]) -> torch.Tensor:
+    """Whether a classifier that never saw a kept synthetic image assigns it its label: the kept images split in two
+    halves (by position), and a classifier on the real images plus one half (the real ``errors`` repeated as in the
+    final classifier) reads the other. An image whose content replaced its style's digit carries a label its picture
+    does not show; the real images teach enough of the digit to expose it, and no bias label or image prior is read.
+    Images outside ``keep`` stay False."""
+    from dataclasses import replace
+
+    cfg, d, di = ctx.cfg, ctx.data, ctx.cfg.diffinject
+    index = keep.nonzero().flatten()
+    halves = (index[0::2], index[1::2])
+    agree = torch.zeros(len(synthetic), dtype=torch.bool)
+    scorer = replace(cfg.classifier, epochs=di.crossfit_epochs)
+    extra = {"label_source": di.label_source, **black_key(di), **keep_key(di), **upsample_key(ctx, errors)}
+    for k, (seen, held) in enumerate((halves, halves[::-1])):
+        train = with_synthetic(d.train, ImageSet(synthetic.images[seen], synthetic.labels[seen]))
+        model = train_stage(ctx, f"crossfit_{k}", scorer, error_weighting(ctx, errors), train=train, inputs=inputs,
+                            extra_config={**extra, "half": k}).model
+        if len(held):
+            agree[held] = predict_logits(model, synthetic.images[held]).argmax(1) == synthetic.labels[held]
+    return agree
 
 
 def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
@@ -320,14 +349,16 @@ def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
         return {}
     filters = di.keep_filters()
     return {"keep": di.keep, **({"min_similarity": di.min_similarity} if "similar" in filters else {}),
-            **({"neighbours": di.neighbours} if "neighbours" in filters else {})}
+            **({"neighbours": di.neighbours} if "neighbours" in filters else {}),
+            **({"crossfit_epochs": di.crossfit_epochs} if "crossfit" in filters else {})}
 
 
 def keep_words(di: DiffInjectConfig) -> str:
     """The report's description of the filters ``diffinject.keep`` applies."""
     words = {"similar": f"correlation >= {di.min_similarity} with the style image",
              "neighbours": f"label of most of the {di.neighbours} nearest real images",
-             "conflicting": "not assigned to its label by the GCE-biased classifier"}
+             "conflicting": "not assigned to its label by the GCE-biased classifier",
+             "crossfit": f"assigned to its label by a {di.crossfit_epochs}-epoch classifier trained without it"}
     return "; ".join(words[f] for f in di.keep_filters())
 
 
@@ -341,6 +372,18 @@ def error_copies(ctx: Context, errors: torch.Tensor) -> int:
     from .baselines import jtt_copies
 
     return jtt_copies(ctx.cfg.diffinject.upsample_errors, len(ctx.data.train), len(errors))
+
+
+def error_weighting(ctx: Context, errors: torch.Tensor) -> Upsample | None:
+    """The real ``errors`` repeated in every epoch of a classifier on real + synthetic images (the real images come
+    first in its training set, so their indices hold), or None when ``diffinject.upsample_errors`` is 0."""
+    return Upsample(errors, error_copies(ctx, errors)) if ctx.cfg.diffinject.upsample_errors else None
+
+
+def upsample_key(ctx: Context, errors: torch.Tensor) -> dict[str, Any]:
+    """What ``diffinject.upsample_errors`` adds to a classifier stage's key (nothing when off)."""
+    di = ctx.cfg.diffinject
+    return {"upsample_errors": di.upsample_errors, "copies": error_copies(ctx, errors)} if di.upsample_errors else {}
 
 
 def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torch.Tensor) -> Trained:
@@ -357,9 +400,8 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torc
     valid: ImageSet | str = "real"
     inputs: tuple[str, ...] = (inj.key,)
     if di.upsample_errors:
-        copies = error_copies(ctx, errors)
-        weighting = Upsample(errors, copies)  # the real images come first in ``train``: their indices hold
-        extra.update(upsample_errors=di.upsample_errors, copies=copies)
+        weighting = error_weighting(ctx, errors)
+        extra.update(upsample_key(ctx, errors))
     elif di.final_method == "lff":
         from .baselines import lff_selection, lff_weighting, require_ce
 
@@ -387,12 +429,12 @@ def run_diffinject(ctx: Context) -> Trained:
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
     inj = injection_stage(ctx, diff, pool, (scores.key,))
     generated, pairs = load_injected(ctx, inj)
-    keep = kept_synthetic(ctx, generated, pairs["style"])
+    errors = misclassified(scores.pred, d.train.labels)
+    keep = kept_synthetic(ctx, generated, pairs["style"], errors, (inj.key, scores.key))
     synthetic = ImageSet(generated.images[keep], generated.labels[keep])
     if not len(synthetic):
         ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image passes "
                     f"({keep_words(cfg.diffinject)}); the classifier sees the real images only")
-    errors = misclassified(scores.pred, d.train.labels)
     final = final_classifier(ctx, synthetic, inj, errors)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
