@@ -281,9 +281,9 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
     images, labels = injected["images"], train.labels[injected["style"]]
     n = len(images)
     agree = torch.zeros(n, dtype=torch.bool)
+    classifier = load_config("configs/cmnist/diffinject.yaml", TINY[1::2]).classifier  # the final classifier's
     for k, held in ((0, torch.arange(1, n, 2)), (1, torch.arange(0, n, 2))):  # each half read by the other's model
-        c = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", *TINY[1::2]])
-        model = load_classifier(Stage(f"crossfit_{k}", out / f"crossfit_{k}", key="", seed=0), c.classifier)
+        model = load_classifier(Stage(f"crossfit_{k}", out / f"crossfit_{k}", key="", seed=0), classifier)
         agree[held] = predict_logits(model, images[held]).argmax(1) == labels[held]
     assert m3["synthetic_kept"] == int(agree.sum()) and m3["synthetic_images"] == n
     assert "a 1-epoch classifier trained without it" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ misclassifies repeated, ``diffinject.upsample_errors``).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -325,8 +326,6 @@ def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors
     final classifier) reads the other. An image whose content replaced its style's digit carries a label its picture
     does not show; the real images teach enough of the digit to expose it, and no bias label or image prior is read.
     Images outside ``keep`` stay False."""
-    from dataclasses import replace
-
     cfg, d, di = ctx.cfg, ctx.data, ctx.cfg.diffinject
     index = keep.nonzero().flatten()
     halves = (index[0::2], index[1::2])
