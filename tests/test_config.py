@@ -87,6 +87,8 @@ def test_every_shipped_config_and_table_loads():
         assert load_config(path).method, path
     cpu = load_config(root / "cmnist" / "diffinject_cpu.yaml")
     assert (cpu.injection.blend, cpu.injection.gamma, cpu.injection.t_start) == ("mean", 4.0, 400)
+    ens = load_config(root / "cmnist" / "diffinject_ensemble.yaml")  # inherits the upsampled recipe, adds members
+    assert (ens.classifier.ensemble, ens.classifier.weight_decay, ens.diffinject.upsample_errors) == (2, 0.003, 50)
     for path in sorted((root / "tables").glob("*.yaml")):
         table = load_table(path)
         for method, ratio, seed in table.cells():

@@ -58,6 +58,10 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     loss: str = "ce"  # ce | gce
     gce_q: float = 0.7
+    label_smoothing: float = added(0.0)  # CE only: share of the target spread over all classes (0: plain CE). Limits
+    #                                      how hard the model fits wrongly labelled (e.g. synthetic) images
+    ensemble: int = added(1)  # copies trained on the same data, each its own stage (NAME, NAME_m1, ...) differing
+    #                           only in its seed (initial weights, batch order); the model is their mean softmax
     augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
     select: str = "valid"  # model selection: valid (best valid metric) | last (last epoch). Never test.
     select_metric: str = "accuracy"  # metric of the valid split used by select=valid

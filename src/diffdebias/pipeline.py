@@ -38,6 +38,9 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
     final = method(ctx)
 
     metrics = evaluate_stage(ctx, "evaluation", final, SPLITS)
+    if len(final.members) > 1:  # the ensemble's members one by one, beside the ensemble
+        ctx.extras.setdefault("metrics", {})["members"] = [
+            evaluate_stage(ctx, f"evaluation_m{k}", final.member(k), SPLITS) for k in range(len(final.members))]
     summary = {
         "method": cfg.method,
         "name": cfg.name,

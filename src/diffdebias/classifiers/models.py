@@ -36,6 +36,18 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+class SoftmaxAverage(nn.Module):
+    """Several classifiers as one: the log of their mean softmax, so argmax, softmax and CE read the average."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
 def _mlp(in_features: int, hidden: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     for h in hidden:

@@ -118,7 +118,7 @@ def train_classifier(
         model = build_model(cfg, num_classes, tuple(train.images.shape[1:])).to(device)
         weighting.bind(model, stage.generator("bind"))
     optimizer = make_optimizer(model, cfg)
-    criterion = per_sample_loss(cfg.loss, cfg.gce_q)
+    criterion = per_sample_loss(cfg.loss, cfg.gce_q, cfg.label_smoothing)
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "epoch": -1}
     best_state: dict[str, torch.Tensor] | None = None

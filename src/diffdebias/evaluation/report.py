@@ -107,6 +107,13 @@ def write_report(run_dir: str | Path, sections: list[str] = ()) -> Path:
             else f"last epoch ({sel.get('epoch', 0) + 1})")
     facts.append(f"model selection: {rule}; the test split is never used for selection")
     out += ["- " + "\n- ".join(facts), "", "## Accuracy (%)", "", metrics_table(metrics), ""]
+    members = metrics.get("members", [])
+    if members:
+        alone = [m["test"].get("unbiased_accuracy", math.nan) for m in members]
+        mean = sum(alone) / len(alone)
+        out += [f"The final model averages the softmax of {len(members)} classifiers trained alike "
+                f"(`ensemble`); alone they score {', '.join(pct(a) for a in alone)} test unbiased "
+                f"(mean {pct(mean)}).", ""]
 
     ref = published(metrics["dataset"], method, metrics.get("conflict_ratio") or -1)
     if ref is not None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..classifiers.models import SoftmaxAverage
 from ..classifiers.train import ModelFactory, default_factory, load_classifier, predict_logits, train_classifier
 from ..classifiers.weighting import Weighting
 from ..config import Config, TrainConfig, key_dict
@@ -42,19 +44,27 @@ class Context:
 
 @dataclass
 class Trained:
-    """A finished classifier stage; the model is loaded on first use."""
+    """A finished classifier stage (or, for ``ensemble`` > 1, its members' stages, the first one as ``stage``); the
+    model is loaded on first use."""
 
     stage: Stage
     cfg: TrainConfig
     ctx: Context
     build_model: ModelFactory = default_factory
+    members: tuple[Stage, ...] = ()
 
     @property
     def key(self) -> str:
-        return self.stage.key
+        return "+".join(s.key for s in self.members) if len(self.members) > 1 else self.stage.key
+
+    def member(self, k: int) -> Trained:
+        """Member ``k`` alone (its own evaluation shows what the averaging adds)."""
+        return Trained(self.members[k], replace(self.cfg, ensemble=1), self.ctx, self.build_model)
 
     @cached_property
     def model(self) -> nn.Module:
+        if len(self.members) > 1:
+            return SoftmaxAverage([load_classifier(s, self.cfg, self.build_model) for s in self.members])
         return load_classifier(self.stage, self.cfg, self.build_model)
 
 
@@ -84,16 +94,21 @@ def train_stage(
     """
     if valid == "real" and cfg.select == "valid" and cfg.select_metric in GROUP_METRICS:
         record(ctx, "supervised", True)
+    if cfg.ensemble < 1:
+        raise ValueError(f"{name}: ensemble must be at least 1, got {cfg.ensemble}")
+    one = replace(cfg, ensemble=1)  # a member's key leaves out the count: an ensemble of 5 reuses the 3 of 3
 
     def compute(stage: Stage) -> None:
         d = ctx.data
-        train_classifier(stage, train if train is not None else d.train, cfg, d.num_classes,
-                         d.valid if valid == "real" else valid, d.num_bias, weighting=weighting,
+        member_weighting = copy.deepcopy(weighting) if cfg.ensemble > 1 else weighting  # it may keep state (LfF)
+        train_classifier(stage, train if train is not None else d.train, one, d.num_classes,
+                         d.valid if valid == "real" else valid, d.num_bias, weighting=member_weighting,
                          build_model=build_model)
 
     data_key = ctx.train_key if cfg.select == "last" and valid == "real" and train is None else ctx.data_key
-    stage = ctx.run.cached(name, {"train": key_dict(cfg), "extra": extra_config}, compute, (data_key, *inputs))
-    return Trained(stage, cfg, ctx, build_model)
+    members = tuple(ctx.run.cached(name if k == 0 else f"{name}_m{k}", {"train": key_dict(one), "extra": extra_config},
+                                   compute, (data_key, *inputs)) for k in range(cfg.ensemble))
+    return Trained(members[0], cfg, ctx, build_model, members if cfg.ensemble > 1 else ())
 
 
 def evaluate_stage(ctx: Context, name: str, model: Trained, splits: tuple[str, ...] = ("valid", "test")) -> dict:
