@@ -89,6 +89,9 @@ def test_every_shipped_config_and_table_loads():
     assert (cpu.injection.blend, cpu.injection.gamma, cpu.injection.t_start) == ("mean", 4.0, 400)
     ens = load_config(root / "cmnist" / "diffinject_ensemble.yaml")  # inherits the upsampled recipe, adds members
     assert (ens.classifier.ensemble, ens.classifier.weight_decay, ens.diffinject.upsample_errors) == (2, 0.003, 50)
+    five = load_config(root / "cmnist" / "diffinject_ensemble_5pct.yaml")
+    assert (five.data.conflict_ratio, five.diffinject.keep, five.classifier.weight_decay, five.classifier.ensemble,
+            five.diffinject.synthetic_ratio) == (0.05, "similar", 0.0, 3, 0.3)
     for path in sorted((root / "tables").glob("*.yaml")):
         table = load_table(path)
         for method, ratio, seed in table.cells():

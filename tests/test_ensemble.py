@@ -65,3 +65,17 @@ def test_ensemble_trains_members_and_evaluates_their_mean(tmp_path, fake_mnist):
 def test_ensemble_must_be_positive(tmp_path, fake_mnist):
     with pytest.raises(ValueError, match="ensemble must be at least 1"):
         execute(erm(fake_mnist, 0), tmp_path / "run", quiet=True)
+
+
+def test_only_the_final_classifier_is_an_ensemble(tmp_path, fake_mnist, monkeypatch):
+    from diffdebias.config import JTTConfig
+    from diffdebias.methods import METHODS
+    from diffdebias.methods.baselines import BASELINES
+
+    monkeypatch.setitem(METHODS, "jtt", BASELINES["jtt"])
+    cfg = erm(fake_mnist, 2)
+    cfg.method, cfg.jtt = "jtt", JTTConfig(epochs_first=1, lambda_up=2)
+    out = execute(cfg, tmp_path / "jtt", quiet=True)
+    assert (out / "jtt_m1" / "DONE").exists()  # the debiased classifier has its second member
+    assert not (out / "jtt_identify_m1").exists()  # the error set comes from one model, as JTT defines it
+    assert len(read_json(out / "metrics.json")["members"]) == 2

@@ -61,7 +61,8 @@ class TrainConfig:
     label_smoothing: float = added(0.0)  # CE only: share of the target spread over all classes (0: plain CE). Limits
     #                                      how hard the model fits wrongly labelled (e.g. synthetic) images
     ensemble: int = added(1)  # copies trained on the same data, each its own stage (NAME, NAME_m1, ...) differing
-    #                           only in its seed (initial weights, batch order); the model is their mean softmax
+    #   only in its seed (initial weights, batch order); the model is their mean softmax. A method's final classifier
+    #   and its ERM comparison; the models that find errors or filter images (JTT's, crossfit, committees) stay single
     augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
     select: str = "valid"  # model selection: valid (best valid metric) | last (last epoch). Never test.
     select_metric: str = "accuracy"  # metric of the valid split used by select=valid

@@ -53,7 +53,7 @@ def lff_selection(ctx: Context) -> tuple[ImageSet | str, tuple[str, ...]]:
     """LfF's valid split for model selection: groups from the errors of an ERM model after ``lff.error_epochs``."""
     c = ctx.cfg
     return selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
-        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last")))
+        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last", ensemble=1)))
 
 
 def run_lff(ctx: Context) -> Trained:
@@ -86,7 +86,7 @@ def run_jtt(ctx: Context) -> Trained:
     c, j = ctx.cfg, ctx.cfg.jtt
     if j.epochs_first < 1:
         raise ValueError(f"jtt.epochs_first must be >= 1, got {j.epochs_first}")
-    first = train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last"))
+    first = train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last", ensemble=1))
 
     def find_errors(stage: Stage) -> None:
         train = ctx.data.train
@@ -176,8 +176,8 @@ def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
                          f"{be.num_models} / {be.agreement}")
     steps = FixedSteps(be.iterations, be.valid_freq, c.classifier.batch_size)
     has_valid = len(ctx.data.valid) > 0
-    member_cfg = replace(c.classifier, loss="gce", gce_q=c.lff.q, epochs=steps.epochs, eval_every=1,
-                         select="valid" if has_valid else "last", select_metric="accuracy")
+    member_cfg = replace(c.classifier, loss="gce", gce_q=c.lff.q, epochs=steps.epochs, eval_every=1, ensemble=1,
+                         select="valid" if has_valid else "last", select_metric="accuracy")  # already a committee
     extra = {"iterations": be.iterations, "valid_freq": be.valid_freq}
     members = [train_stage(ctx, f"be_bias{k}", member_cfg, weighting=steps, extra_config=extra)
                for k in range(be.num_models)]

@@ -330,7 +330,7 @@ def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors
     index = keep.nonzero().flatten()
     halves = (index[0::2], index[1::2])
     agree = torch.zeros(len(synthetic), dtype=torch.bool)
-    scorer = replace(cfg.classifier, epochs=di.crossfit_epochs)
+    scorer = replace(cfg.classifier, epochs=di.crossfit_epochs, ensemble=1)  # a filter: one model each
     extra = {"label_source": di.label_source, **black_key(di), **keep_key(di), **upsample_key(ctx, errors)}
     for k, (seen, held) in enumerate((halves, halves[::-1])):
         train = with_synthetic(d.train, ImageSet(synthetic.images[seen], synthetic.labels[seen]))
