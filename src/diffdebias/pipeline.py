@@ -9,7 +9,7 @@ from .config import Config, dump_yaml, key_dict
 from .data import describe, split_table
 from .evaluation.report import write_report
 from .methods import Context, get_method
-from .methods.common import evaluate_stage
+from .methods.common import evaluate_stage, record
 from .runs import Run, Stage, read_json, write_json, write_text
 
 SPLITS = ("valid", "test")
@@ -39,8 +39,8 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
 
     metrics = evaluate_stage(ctx, "evaluation", final, SPLITS)
     if len(final.members) > 1:  # the ensemble's members one by one, beside the ensemble
-        ctx.extras.setdefault("metrics", {})["members"] = [
-            evaluate_stage(ctx, f"evaluation_m{k}", final.member(k), SPLITS) for k in range(len(final.members))]
+        record(ctx, "members", [evaluate_stage(ctx, f"evaluation_m{k}", part, SPLITS)
+                                for k, part in enumerate(final.parts)])
     summary = {
         "method": cfg.method,
         "name": cfg.name,

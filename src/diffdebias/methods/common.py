@@ -57,14 +57,17 @@ class Trained:
     def key(self) -> str:
         return "+".join(s.key for s in self.members) if len(self.members) > 1 else self.stage.key
 
-    def member(self, k: int) -> Trained:
-        """Member ``k`` alone (its own evaluation shows what the averaging adds)."""
-        return Trained(self.members[k], replace(self.cfg, ensemble=1), self.ctx, self.build_model)
+    @cached_property
+    def parts(self) -> tuple[Trained, ...]:
+        """The members, each alone (their own evaluations show what the averaging adds); they load once, shared
+        with the average's model."""
+        one = replace(self.cfg, ensemble=1)
+        return tuple(Trained(s, one, self.ctx, self.build_model) for s in self.members)
 
     @cached_property
     def model(self) -> nn.Module:
         if len(self.members) > 1:
-            return SoftmaxAverage([load_classifier(s, self.cfg, self.build_model) for s in self.members])
+            return SoftmaxAverage([p.model for p in self.parts])
         return load_classifier(self.stage, self.cfg, self.build_model)
 
 
