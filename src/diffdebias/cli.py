@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .runs import NonFiniteLossError
 
 EPILOG = """examples:
   diffdebias run configs/cmnist/erm.yaml --seed 1 --set data.conflict_ratio=0.01 --out runs/erm-1pct
@@ -26,9 +29,13 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffdebias", description="Debias image classifiers with diffusion models.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its message")
     sub = parser.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)  # --debug after the command as well as before it
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    run = sub.add_parser("run", help="run an experiment from a YAML config (finished stages are skipped)")
+    run = sub.add_parser("run", parents=[debug],
+                         help="run an experiment from a YAML config (finished stages are skipped)")
     _config_args(run)
     run.add_argument("--seed", type=int, help="run seed (overrides the config's seed)")
     run.add_argument("--out", help="run directory (default: runs/<name>-s<seed>)")
@@ -36,34 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stage-cache", help="shared folder of stages: runs that need the same stage (same config and "
                      "inputs, e.g. DDB's diffusion model for two recipes) compute it once")
 
-    data = sub.add_parser("data", help="build or check a dataset")
+    data = sub.add_parser("data", parents=[debug], help="build or check a dataset")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    build = dsub.add_parser("build", help="build and cache the dataset a config describes")
+    build = dsub.add_parser("build", parents=[debug], help="build and cache the dataset a config describes")
     _config_args(build)
     build.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache exists")
-    check = dsub.add_parser("check", help="validate a dataset and print its counts per split, class and bias")
+    check = dsub.add_parser("check", parents=[debug],
+                           help="validate a dataset and print its counts per split, class and bias")
     _config_args(check, required=False)
     check.add_argument("--csv", help="a generic dataset CSV (path,label[,bias][,split]) instead of a config")
     check.add_argument("--root", help="image root of --csv (default: the CSV's folder)")
     check.add_argument("--image-size", type=int, help="resize images to this size")
 
-    bench = sub.add_parser("bench", help="run a methods x ratios x seeds matrix and write tables/<name>.{md,csv,tex}")
+    bench = sub.add_parser("bench", parents=[debug],
+                           help="run a methods x ratios x seeds matrix and write tables/<name>.{md,csv,tex}")
     bench.add_argument("table", help="table YAML (methods, ratios, seeds)")
     bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n")
     bench.add_argument("--collect-only", action="store_true", help="only collect finished runs into tables")
 
-    report = sub.add_parser("report", help="(re)write report.md of a run directory")
+    report = sub.add_parser("report", parents=[debug], help="(re)write report.md of a run directory")
     report.add_argument("run_dir")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success; 2 with one line naming the file, row or field for every ordinary failure (bad config or
+    data, a folder the toolkit does not own, a diverged loss, a full disk); ``--debug`` adds the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"diffdebias: error: {e}", file=sys.stderr)
+    except (ValueError, NonFiniteLossError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"diffdebias: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: BaseException) -> str:
+    """The error's text; an operating-system error names what went wrong and the file."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename else ""
+        hint = "; free some space or point --out / DIFFDEBIAS_CACHE elsewhere" if e.errno == errno.ENOSPC else ""
+        return f"{e.strerror}{where}{hint}"
+    return str(e) or type(e).__name__
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -15,13 +15,17 @@ from typing import Any
 
 import yaml
 
+from .checks import ConfigError, at_least, choice, count, fraction, positive
+from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig
+from .fields import added, execution, side
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
-
-
-from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig  # noqa: E402  (it needs ConfigError)
-from .fields import added, execution, side  # noqa: E402
+# Names owned by modules this one cannot import (they import it, or torch); tests check that each copy matches.
+METHOD_NAMES = ("ddb", "diffinject", "disent", "disent_be", "erm", "gdro", "jtt", "lff", "lff_be")  # methods.METHODS
+ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar")  # classifiers.models.ARCHS
+DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
+VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
+VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -42,6 +46,22 @@ class DataConfig:
     #   model that memorised those (a leaky valid set: docs/results.md)
     cache_dir: str | None = execution(None)  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or
     #   ~/.cache/diffdebias)
+
+    def validate(self, name: str = "data") -> DataConfig:
+        """The ranges the dataset builders assume (CMNIST takes a conflict ratio in [0, 1); valid and test shares
+        are taken in turn, so any two in (0, 1) leave a training share)."""
+        choice(f"{name}.name", self.name, ("cmnist", "csv"))
+        fraction(f"{name}.conflict_ratio", self.conflict_ratio, high_open=True)
+        at_least(f"{name}.color_std", self.color_std, 0)
+        if self.image_size is not None:
+            count(f"{name}.image_size", self.image_size)
+        fraction(f"{name}.valid_fraction", self.valid_fraction, low_open=True, high_open=True)
+        fraction(f"{name}.test_fraction", self.test_fraction, low_open=True, high_open=True)
+        count(f"{name}.seed", self.seed, low=0)
+        choice(f"{name}.valid_bias_order", self.valid_bias_order, VALID_BIAS_ORDERS)
+        if self.name == "csv" and not self.csv:
+            raise ConfigError(f"{name}.name=csv needs {name}.csv (the dataset CSV), got {self.csv!r}")
+        return self
 
 
 @dataclass
@@ -71,6 +91,26 @@ class TrainConfig:
     input_scale: float = added(1.0)  # multiplies the [0, 1] inputs; 1/255 reproduces DisEnt's and BiasEnsemble's
     #                                  released code, which divides by 255 twice
 
+    def validate(self, name: str = "classifier") -> TrainConfig:
+        """``name`` is the section the values came from (``classifier`` or ``amplifier``), so errors point at it."""
+        choice(f"{name}.arch", self.arch, ARCHS)
+        choice(f"{name}.optimizer", self.optimizer, ("adam", "sgd"))
+        choice(f"{name}.loss", self.loss, ("ce", "gce"))
+        choice(f"{name}.select", self.select, ("valid", "last"))
+        choice(f"{name}.precision", self.precision, ("fp32", "bf16"))
+        for key in ("epochs", "batch_size", "ensemble", "eval_every"):
+            count(f"{name}.{key}", getattr(self, key))
+        positive(f"{name}.lr", self.lr)
+        at_least(f"{name}.weight_decay", self.weight_decay, 0)
+        fraction(f"{name}.momentum", self.momentum, high_open=True)
+        fraction(f"{name}.gce_q", self.gce_q, low_open=True)
+        fraction(f"{name}.label_smoothing", self.label_smoothing, high_open=True)
+        if self.label_smoothing and self.loss != "ce":
+            raise ConfigError(f"{name}.label_smoothing applies to loss ce only, got {self.label_smoothing} with "
+                              f"{name}.loss={self.loss}")
+        positive(f"{name}.input_scale", self.input_scale)
+        return self
+
 
 @dataclass
 class DetectionConfig:
@@ -81,6 +121,13 @@ class DetectionConfig:
     threshold: float = 1.0  # threshold rule: flag losses above this value, in nats (open)
     per_class: bool = False  # quantile / mixture / otsu: split each class's losses separately (open)
 
+    def validate(self, name: str = "detection") -> DetectionConfig:
+        """Losses are in nats, so a threshold below 0 would flag every sample."""
+        choice(f"{name}.rule", self.rule, DETECTION_RULES)
+        fraction(f"{name}.quantile", self.quantile, low_open=True, high_open=True)
+        at_least(f"{name}.threshold", self.threshold, 0)
+        return self
+
 
 @dataclass
 class GroupDROConfig:
@@ -89,6 +136,12 @@ class GroupDROConfig:
     balanced: bool = True  # group-balanced sampling with replacement (--reweight_groups in the Group-DRO scripts)
     reweight: bool = added(False)  # instead of balanced sampling: uniform sampling, each loss weighted q_g / (n_g / N)
     #                         (importance weights; with eta 0 the inverse-group-frequency upweighting baseline)
+
+    def validate(self, name: str = "groupdro") -> GroupDROConfig:
+        """eta 0 is legal (fixed weights: the upweighting baseline); a negative one would favour the best group."""
+        at_least(f"{name}.eta", self.eta, 0)
+        at_least(f"{name}.adjustment", self.adjustment, 0)
+        return self
 
 
 @dataclass
@@ -100,6 +153,14 @@ class LfFConfig:
     valid_groups: str = added("errors")  # groups of the valid split for classifier.select=valid with a group metric,
     #   as jtt.valid_groups: errors (label x misclassified by ERM after error_epochs; no bias label read) | true
     error_epochs: int = added(1)  # epochs of that ERM model (JTT's T)
+
+    def validate(self, name: str = "lff") -> LfFConfig:
+        """alpha is an EMA weight (1 would freeze the first loss); q is a GCE exponent (0 gives a zero loss)."""
+        fraction(f"{name}.alpha", self.alpha, high_open=True)
+        fraction(f"{name}.q", self.q, low_open=True)
+        choice(f"{name}.valid_groups", self.valid_groups, VALID_GROUPS)
+        count(f"{name}.error_epochs", self.error_epochs)
+        return self
 
 
 @dataclass
@@ -114,15 +175,12 @@ class DDBConfig:
     #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
-    def validate(self) -> DDBConfig:
-        if self.recipe not in ("groupdro", "lff"):
-            raise ConfigError(f"ddb.recipe must be groupdro or lff, got '{self.recipe}'")
-        if self.reference_recipe not in ("amplifier", "plain"):
-            raise ConfigError(f"ddb.reference_recipe must be amplifier or plain, got '{self.reference_recipe}'")
-        for key in ("reference_epochs", "reference_gce_epochs"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"ddb.{key} must be >= 1, got {value}")
+    def validate(self, name: str = "ddb") -> DDBConfig:
+        choice(f"{name}.recipe", self.recipe, ("groupdro", "lff"))
+        choice(f"{name}.reference_recipe", self.reference_recipe, ("amplifier", "plain"))
+        count(f"{name}.reference_epochs", self.reference_epochs)
+        if self.reference_gce_epochs is not None:
+            count(f"{name}.reference_gce_epochs", self.reference_gce_epochs)
         return self
 
 
@@ -136,6 +194,13 @@ class JTTConfig:
     #   errors: label x misclassified by the stage-1 model (no bias label read); true: label x bias, JTT's protocol
     #   (supervised: it reads the valid split's bias labels)
 
+    def validate(self, name: str = "jtt") -> JTTConfig:
+        count(f"{name}.epochs_first", self.epochs_first)
+        if not (isinstance(self.lambda_up, int) and not isinstance(self.lambda_up, bool) and self.lambda_up >= -1):
+            raise ConfigError(f"{name}.lambda_up must be >= 0 or -1 (auto), got {self.lambda_up!r}")
+        choice(f"{name}.valid_groups", self.valid_groups, VALID_GROUPS)
+        return self
+
 
 @dataclass
 class DisEntConfig:
@@ -147,6 +212,15 @@ class DisEntConfig:
     lr_decay_step: int = 10000  # StepLR step size in steps, so the first decay is at curr_step + lr_decay_step
     lr_gamma: float = 0.5  # StepLR factor (DisEnt CMNIST script)
 
+    def validate(self, name: str = "disent") -> DisEntConfig:
+        """Loss weights may be 0 (term off); lr_gamma 1 keeps the lr, above 1 would grow it."""
+        for key in ("lambda_dis_align", "lambda_swap_align", "lambda_swap"):
+            at_least(f"{name}.{key}", getattr(self, key), 0)
+        count(f"{name}.curr_step", self.curr_step, low=0)
+        count(f"{name}.lr_decay_step", self.lr_decay_step)  # a divisor of the step count
+        fraction(f"{name}.lr_gamma", self.lr_gamma, low_open=True)
+        return self
+
 
 @dataclass
 class BiasEnsembleConfig:
@@ -156,6 +230,16 @@ class BiasEnsembleConfig:
     #                        (BiasEnsemble --valid_freq)
     tau: float = 0.99  # a model flags a training sample as aligned when p(y|x) > tau (--biased_model_softmax_threshold)
     agreement: int = 3  # pseudo bias-aligned when at least this many models flag it (BiasEnsemble --agreement)
+
+    def validate(self, name: str = "bias_ensemble") -> BiasEnsembleConfig:
+        for key in ("num_models", "iterations", "valid_freq"):
+            count(f"{name}.{key}", getattr(self, key))
+        fraction(f"{name}.tau", self.tau, low_open=True, high_open=True)
+        count(f"{name}.agreement", self.agreement)
+        if self.agreement > self.num_models:
+            raise ConfigError(f"{name}.agreement must be at most {name}.num_models ({self.num_models}), "
+                              f"got {self.agreement}")
+        return self
 
 
 # diffinject.keep's filters, in the order they are joined
@@ -207,42 +291,32 @@ class DiffInjectConfig:
     #                                  section's other settings, and upsample_errors' copies) (open)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
-    def validate(self) -> DiffInjectConfig:
-        for key, value, choices in (("content_pool", self.content_pool, ("top_k", "errors")),
-                                    ("content_source", self.content_source, ("gce", "ddb")),
-                                    ("general_data", self.general_data, ("train", "mnist")),
-                                    ("style_pool", self.style_pool, ("all", "aligned")),
-                                    ("label_source", self.label_source, ("style", "content")),
-                                    ("final_method", self.final_method, ("erm", "lff"))):
-            if value not in choices:
-                raise ConfigError(f"diffinject.{key} must be one of {', '.join(choices)}; got {value!r}")
+    def validate(self, name: str = "diffinject") -> DiffInjectConfig:
+        for key, choices in (("content_pool", ("top_k", "errors")), ("content_source", ("gce", "ddb")),
+                             ("general_data", ("train", "mnist")), ("style_pool", ("all", "aligned")),
+                             ("label_source", ("style", "content")), ("final_method", ("erm", "lff"))):
+            choice(f"{name}.{key}", getattr(self, key), choices)
         filters = self.keep_filters()
         if self.keep != "all" and [f for f in KEEP_FILTERS if f in filters] != filters:
-            raise ConfigError(f"diffinject.keep must be all or filters from {', '.join(KEEP_FILTERS)} joined by '_' "
+            raise ConfigError(f"{name}.keep must be all or filters from {', '.join(KEEP_FILTERS)} joined by '_' "
                               f"in that order, each once (e.g. similar_conflicting); got {self.keep!r}")
-        if self.crossfit_epochs < 1:
-            raise ConfigError(f"diffinject.crossfit_epochs must be >= 1, got {self.crossfit_epochs}")
-        if self.neighbours < 1:
-            raise ConfigError(f"diffinject.neighbours must be >= 1, got {self.neighbours}")
-        if self.top_k < 1:
-            raise ConfigError(f"diffinject.top_k must be >= 1, got {self.top_k}")
-        if not self.synthetic_ratio > 0:
-            raise ConfigError(f"diffinject.synthetic_ratio must be > 0, got {self.synthetic_ratio}")
+        for key in ("crossfit_epochs", "neighbours", "top_k"):
+            count(f"{name}.{key}", getattr(self, key))
+        positive(f"{name}.synthetic_ratio", self.synthetic_ratio)
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
-            raise ConfigError(f"diffinject.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
+            raise ConfigError(f"{name}.synthetic_share must lie in (0, 1) or be null, got {self.synthetic_share}")
         if not -1 <= self.min_similarity <= 1:
-            raise ConfigError(f"diffinject.min_similarity is a correlation in [-1, 1], got {self.min_similarity}")
+            raise ConfigError(f"{name}.min_similarity is a correlation in [-1, 1], got {self.min_similarity}")
         if self.upsample_errors < -1:
-            raise ConfigError(f"diffinject.upsample_errors must be >= 0 or -1 (auto), got {self.upsample_errors}")
+            raise ConfigError(f"{name}.upsample_errors must be >= 0 or -1 (auto), got {self.upsample_errors}")
         if self.upsample_errors and (self.final_method == "lff" or self.synthetic_share is not None):
-            raise ConfigError("diffinject.upsample_errors sets the final classifier's draws itself: use it with "
+            raise ConfigError(f"{name}.upsample_errors sets the final classifier's draws itself: use it with "
                               "final_method=erm and synthetic_share null")
         if self.final_method == "lff" and self.synthetic_share is not None:
-            raise ConfigError("diffinject.final_method=lff draws real and synthetic images alike (LfF weights them); "
-                              "set diffinject.synthetic_share to null")
+            raise ConfigError(f"{name}.final_method=lff draws real and synthetic images alike (LfF weights them); "
+                              f"set {name}.synthetic_share to null")
         if self.content_source == "ddb" and not self.ddb_config:
-            raise ConfigError("diffinject.content_source=ddb needs diffinject.ddb_config "
-                              "(e.g. configs/cmnist/ddb.yaml)")
+            raise ConfigError(f"{name}.content_source=ddb needs {name}.ddb_config (e.g. configs/cmnist/ddb.yaml)")
         return self
 
     def keep_filters(self) -> list[str]:
@@ -331,19 +405,24 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "", default: Any = None) -> Any:
+    """``cls`` from a mapping; fields it leaves out keep ``default``'s values (the section's own defaults, e.g. the
+    amplifier's GCE loss, not those of its class)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
-    default = cls()
+    default = cls() if default is None else default
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _check_value(data[f.name], hints[f.name], prefix + f.name)
+        value = getattr(default, f.name)
+        if f.name not in data:
+            kwargs[f.name] = value
+        elif dataclasses.is_dataclass(value) and isinstance(data[f.name], dict):
+            kwargs[f.name] = _from_dict(type(value), data[f.name], f"{prefix}{f.name}.", value)
         else:
-            kwargs[f.name] = getattr(default, f.name)
+            kwargs[f.name] = _check_value(data[f.name], hints[f.name], prefix + f.name)
     return cls(**kwargs)
 
 
@@ -403,11 +482,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **top
 
 
 def validate(cfg: Config) -> Config:
-    """Checks across fields; each section with a ``validate()`` checks itself. Errors name the key."""
+    """Checks across fields; each section checks itself under its own key (``amplifier.epochs``, not
+    ``classifier.epochs``). Errors name the key."""
+    choice("method", cfg.method, METHOD_NAMES)
+    _check_device(cfg.device)
+    count("seed", cfg.seed, low=0)
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if hasattr(section, "validate"):
-            section.validate()
+            section.validate(f.name)
     if cfg.method == "diffinject" and cfg.diffusion.conditional:
         raise ConfigError("diffinject injects into an unconditional diffusion model: set diffusion.conditional=false")
     if cfg.injection.t_edit >= cfg.diffusion.num_train_timesteps:
@@ -419,6 +502,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("sampling.guidance_scale != 1 needs a null class, which only a conditional model has "
                           "(diffusion.conditional=true)")
     return cfg
+
+
+def _check_device(device: str) -> None:
+    """auto | cpu | cuda | mps, or one GPU as cuda:N."""
+    index = device.removeprefix("cuda:")
+    if device not in DEVICES and not (index != device and index.isdigit()):
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)} or cuda:N; got {device!r}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

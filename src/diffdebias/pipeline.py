@@ -10,9 +10,10 @@ from .data import describe, split_table
 from .evaluation.report import write_report
 from .methods import Context, get_method
 from .methods.common import evaluate_stage, record
-from .runs import Run, Stage, read_json, write_json, write_text
+from .runs import Run, Stage, finite_json, read_json, write_json, write_text
 
 SPLITS = ("valid", "test")
+UNDEFINED = "no value: the metric averages over no sample here (e.g. a split without bias-conflicting samples)"
 
 
 def default_out(cfg: Config) -> Path:
@@ -54,6 +55,11 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
         "stage_seconds": read_json(run.root / "timings.json") if (run.root / "timings.json").exists() else {},
         "wall_seconds_this_call": round(time.time() - t0, 3),
     }
+    undefined: dict[str, str] = {}
+    summary = finite_json(summary, undefined)  # strict JSON: null, and why
+    undefined.update({f"{split}.{k}": "" for split in SPLITS for k, v in summary[split].items() if v is None})
+    if undefined:
+        summary["undefined"] = {k: UNDEFINED for k in sorted(undefined)}
     write_json(run.root / "metrics.json", summary)
     report = write_report(run.root, ctx.extras.get("report_sections", []))
     run.log(f"report: {report}")

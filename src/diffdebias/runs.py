@@ -4,13 +4,19 @@ A run directory holds one experiment: ``config.yaml`` and one folder per stage. 
 file holds the hash of its config and inputs; a stage whose hash changed starts afresh, one without ``DONE`` resumes
 from whatever checkpoint it left. Every file goes through a temporary name and a rename, so a killed process leaves
 the last good state.
+
+Ownership: the toolkit deletes or replaces only what it made. A run directory carries :data:`RUN_MARKER`, a stage
+folder its ``KEY`` file; anything else where a run or a stage must go is an :class:`OwnershipError` and is left as
+it is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,18 +34,41 @@ except ImportError:  # Windows: no advisory locks; shards must not share a stage
 import torch
 from safetensors.torch import load_file, save_file
 
+RUN_MARKER = ".diffdebias-run"  # in every run directory the toolkit made: it may write and delete stages there
+
+
+class OwnershipError(ValueError):
+    """A file or folder the toolkit did not make stands where it must write; nothing was touched."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a loss that is NaN or infinite; the stage stopped and nothing was marked done."""
+
+
 # ----------------------------------------------------------------------------------------------------------- files
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()  # read once: os.umask can only be read by setting it, which is not thread-safe
+TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_path names its temporary files
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds. The file gets the
+    permissions the umask gives a new file (mkstemp's are 0600), so a group can read reports and share a cache."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~UMASK)  # after the block: a writer may have made the file anew
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -51,8 +80,23 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite_json(obj: Any, undefined: dict[str, str] | None = None, prefix: str = "") -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (strict JSON has no NaN); the dotted key of each is
+    added to ``undefined`` when given."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if undefined is not None:
+            undefined[prefix] = "nan" if math.isnan(obj) else "inf"
+        return None
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v, undefined, f"{prefix}.{k}" if prefix else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v, undefined, f"{prefix}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: a NaN or infinite number is written as null."""
+    write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -185,6 +229,38 @@ def config_hash(*parts: Any) -> str:
 # -------------------------------------------------------------------------------------------------------- stages
 
 
+def set_aside(path: Path, why: str, log: Callable[[str], None] = print) -> Path:
+    """Rename a file the toolkit cannot use (a truncated checkpoint) to ``NAME.corrupt-TIME``: kept for a look, out
+    of the way of the rerun."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    log(f"{path} cannot be read ({why}); set aside as {aside.name}, computing it again")
+    return aside
+
+
+def load_resumable(path: Path, load: Callable[[Path], Any], log: Callable[[str], None] = print) -> Any:
+    """``load(path)`` for a checkpoint or a finished part of an unfinished stage; None when there is none, or when it
+    cannot be read, in which case it is set aside and the work it held is done again."""
+    if not path.exists():
+        return None
+    try:
+        return load(path)
+    except Exception as e:  # a truncated or foreign file: safetensors, JSON and shape errors alike
+        set_aside(path, f"{type(e).__name__}: {e}".splitlines()[0][:200], log)
+        return None
+
+
+def check_finite(value: float, stage: Stage, where: str, hint: str) -> None:
+    """Stop a stage whose loss is NaN or infinite instead of saving broken weights as a result."""
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"stage '{stage.name}': the training loss is {value} at {where}; {hint}. Nothing "
+                                 f"was marked done and the last checkpoint in {stage.dir} is kept")
+
+
+def _is_stage_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and (path / "KEY").is_file()
+
+
 @dataclass
 class Stage:
     """One cached step of a run. ``key`` hashes the stage's config and its inputs' keys."""
@@ -195,6 +271,7 @@ class Stage:
     seed: int
     log: Callable[[str], None] = print
     started: float = field(default_factory=time.time)
+    earlier_seconds: float = 0.0  # time spent on this stage by earlier, interrupted processes
 
     @property
     def done(self) -> bool:
@@ -215,15 +292,40 @@ class Stage:
             yield
 
     def prepare(self) -> None:
-        """Make the folder; wipe it if it was made for another config, so stale checkpoints never resume."""
+        """Make the folder; wipe it if the toolkit made it for another config, so stale checkpoints never resume.
+        A folder the toolkit did not make (no ``KEY``) is refused unless empty. Temporary files that a killed
+        process left are removed; the time earlier processes spent is read back."""
         key_file = self.dir / "KEY"
-        if self.dir.exists() and (not key_file.exists() or key_file.read_text().strip() != self.key):
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise OwnershipError(f"{self.dir} is not a folder diffdebias made for stage '{self.name}'; move it away "
+                                 f"or choose another run directory (--out) or --stage-cache")
+        if self.dir.exists() and not key_file.exists() and any(self.dir.iterdir()):
+            raise OwnershipError(f"{self.dir} already exists and diffdebias did not make it (it has no KEY file), "
+                                 f"so stage '{self.name}' will not write there; move it away or choose another run "
+                                 f"directory (--out)")
+        if key_file.exists() and key_file.read_text().strip() != self.key:
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         if not key_file.exists():
             write_text(key_file, self.key + "\n")
+        for tmp in self.dir.rglob(".*.tmp"):
+            if TEMP_FILE.match(tmp.name) and tmp.is_file():
+                tmp.unlink()
+        seconds = self.dir / "SECONDS"
+        self.earlier_seconds = float(seconds.read_text()) if seconds.exists() else 0.0
+        self.started = time.time()
+
+    @property
+    def seconds(self) -> float:
+        """Time spent on this stage so far, earlier interrupted processes included."""
+        return self.earlier_seconds + time.time() - self.started
+
+    def checkpointed(self) -> None:
+        """Note the time spent so far beside a checkpoint, so a resumed stage reports the time of all its parts."""
+        write_text(self.dir / "SECONDS", f"{self.seconds:.3f}\n")
 
     def finish(self) -> None:
+        self.checkpointed()
         write_text(self.dir / "DONE", self.key + "\n")
 
 
@@ -236,7 +338,9 @@ class Run:
         self.seed = seed
         self.quiet = quiet
         self.stage_cache = Path(stage_cache) if stage_cache else None
-        self.root.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.root, "run directory (--out)", RUN_MARKER)
+        if self.stage_cache is not None:
+            claim_folder(self.stage_cache, "stage cache (--stage-cache)")
         self.events: list[dict[str, Any]] = []
 
     def log(self, msg: str) -> None:
@@ -253,16 +357,30 @@ class Run:
         return Stage(name=name, dir=self.stage_cache / f"{name}-{key}", key=key, seed=self.seed, log=self.log)
 
     def _link(self, st: Stage) -> None:
+        """Point ``<run>/<name>`` at the stage's folder in the stage cache, replacing only a link or a stage folder
+        that the toolkit made."""
         local = self.root / st.name
-        if st.dir == local:
+        if st.dir == local or (local.is_symlink() and local.resolve() == st.dir.resolve()):
             return
-        if local.is_symlink() and local.resolve() == st.dir.resolve():
-            return
-        if local.is_symlink() or local.is_file():
-            local.unlink()
-        elif local.exists():
-            shutil.rmtree(local)
+        self._clear(local, st.name)
         local.symlink_to(os.path.relpath(st.dir, self.root))
+
+    @staticmethod
+    def _clear(local: Path, name: str) -> None:
+        """Remove ``<run>/<name>`` if the toolkit made it (a link into a stage cache, a stage folder, an empty
+        folder); anything else is the user's and stops the run."""
+        if local.is_symlink():
+            if not re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", Path(os.readlink(local)).name):
+                raise OwnershipError(f"{local} is a link diffdebias did not make (to {os.readlink(local)}); move it "
+                                     f"away or choose another run directory (--out)")
+            local.unlink()
+        elif _is_stage_dir(local):
+            shutil.rmtree(local)
+        elif local.exists():
+            if not local.is_dir() or any(local.iterdir()):
+                raise OwnershipError(f"{local} already exists and diffdebias did not make it, so stage '{name}' will "
+                                     f"not replace it; move it away or choose another run directory (--out)")
+            local.rmdir()
 
     def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = ()) -> Stage:
         """Run ``compute(stage)`` unless the stage is already done for this config and these inputs. A process that
@@ -275,13 +393,15 @@ class Run:
                 self.log(f"stage {name}: done, skipped")
                 self.events.append({"stage": name, "skipped": True})
                 return st
+            if st.dir == self.root / name and st.dir.is_symlink():  # linked by a run with --stage-cache
+                self._clear(st.dir, name)
             st.prepare()
             self._link(st)
-            self.log(f"stage {name}: running")
-            t0 = time.time()
+            resumed = f" (resuming; {st.earlier_seconds:.0f} s spent before)" if st.earlier_seconds else ""
+            self.log(f"stage {name}: running{resumed}")
             compute(st)
             st.finish()
-        seconds = time.time() - t0
+        seconds = st.seconds
         self.events.append({"stage": name, "skipped": False, "seconds": seconds})
         timings = self.root / "timings.json"
         record = read_json(timings) if timings.exists() else {}
@@ -289,3 +409,37 @@ class Run:
         write_json(timings, record)
         self.log(f"stage {name}: finished in {seconds:.1f} s")
         return st
+
+
+def claim_folder(path: Path, what: str, marker: str | None = None) -> None:
+    """Make ``path`` or check that it is a folder that can be written. With a ``marker`` (a run directory), an
+    existing folder that is not empty must carry it (or be a run written before markers existed: a ``config.yaml`` of
+    ours); otherwise it is the user's and refused. Without one (a stage or dataset cache), the folder is shared: its
+    entries are named by their hash and never clash with a user's files."""
+    if path.exists() and not path.is_dir():
+        raise OwnershipError(f"the {what} {path} is a file, not a folder; choose another path")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OwnershipError(f"the {what} {path} lies below {parent}, which is a file; choose another path")
+    mark = path / marker if marker else None
+    if mark and path.is_dir() and not mark.exists() and any(path.iterdir()) and not _legacy_run(path):
+        raise OwnershipError(f"the {what} {path} already holds files that diffdebias did not write; a run writes "
+                             f"config.yaml, metrics.json, report.md and one folder per stage there, so choose a new "
+                             f"or empty folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if mark and not mark.exists():
+            write_text(mark, "made by diffdebias: its runs may write and delete stage folders here\n")
+    except PermissionError as e:
+        raise OwnershipError(f"the {what} {path} cannot be written: permission denied ({e.filename})") from e
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run directory written before :data:`RUN_MARKER` existed: its ``config.yaml`` is one of ours."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"method", "data", "classifier"} <= set(config)

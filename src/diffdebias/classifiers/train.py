@@ -21,7 +21,17 @@ from ..config import TrainConfig
 from ..data.base import ImageSet
 from ..devices import accelerator, autocast
 from ..evaluation.metrics import accuracy_metrics
-from ..runs import Stage, load_state, load_tensors, read_json, save_state, save_tensors, write_json
+from ..runs import (
+    Stage,
+    check_finite,
+    load_resumable,
+    load_state,
+    load_tensors,
+    read_json,
+    save_state,
+    save_tensors,
+    write_json,
+)
 from .losses import per_sample_loss
 from .models import build_classifier
 from .weighting import Batch, Weighting
@@ -125,8 +135,9 @@ def train_classifier(
     start_epoch = 0
 
     ckpt = stage.path(CHECKPOINT)
-    if ckpt.exists():
-        state = load_state(ckpt)
+
+    state = load_resumable(ckpt, load_state, stage.log)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         weighting.load_state_dict(state.get("weighting", {}))
@@ -158,6 +169,8 @@ def train_classifier(
                 logits = model(x)
             losses = criterion(logits, y)
             loss = weighting.loss(losses, Batch(index, x, y, logits, epoch, step))
+            check_finite(float(loss.detach()), stage, f"epoch {epoch + 1}, step {step + 1}",
+                         f"lower the learning rate (lr={cfg.lr:g}, optimizer {cfg.optimizer})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             lr = cfg.lr * weighting.lr_factor(step)  # a method's schedule (DisEnt's StepLR); 1 by default
@@ -197,6 +210,7 @@ def train_classifier(
             if best_state is not None:
                 state["best_model"] = best_state
             save_state(ckpt, state)
+            stage.checkpointed()
         else:
             history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")

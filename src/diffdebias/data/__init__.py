@@ -1,6 +1,7 @@
 """Datasets as in-memory uint8 tensors, built once and cached on disk with a checksum.
 
-Dataset code knows nothing of methods: every dataset yields :class:`Splits` of :class:`ImageSet`.
+Dataset code knows nothing of methods: every dataset yields :class:`Splits` of :class:`ImageSet`. Every dataset,
+built or read from the cache, passes :func:`validate_splits` before anything sees it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..runs import config_hash, file_sha256, load_tensors, save_tensors, write_text
-from .base import ImageSet, Splits
-from .generic import DatasetError, load_csv_dataset
+from ..runs import claim_folder, config_hash, file_sha256, load_tensors, save_tensors, write_text
+from .base import DatasetError, ImageSet, Splits
+from .generic import files_identity, image_root, load_csv_dataset, read_rows, resolve_files
+from .validate import split_fix, validate_splits
 
-__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "train_key", "cache_dir", "split_table"]
+__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "train_key", "cache_dir", "split_table",
+           "validate_splits"]
 
 
 def cache_dir(cfg: DataConfig) -> Path:
@@ -28,7 +31,9 @@ def cache_dir(cfg: DataConfig) -> Path:
 def _train_identity(cfg: DataConfig) -> dict | None:
     """The config fields that determine the training split alone, where fewer than :func:`_identity`'s."""
     if cfg.name == "cmnist":
-        return {
+        from .mnist import source_identity
+
+        ident = {
             "name": "cmnist",
             "conflict_ratio": cfg.conflict_ratio,
             "color_std": cfg.color_std,
@@ -37,19 +42,32 @@ def _train_identity(cfg: DataConfig) -> dict | None:
             "mnist_path": cfg.mnist_path,
             "version": 1,
         }
+        if cfg.mnist_path is not None:  # a replaced file rebuilds; the bundled data keeps the keys it always had
+            ident["mnist_files"] = source_identity(cfg.mnist_path)
+        return ident
     return None
 
 
+def _csv_path(cfg: DataConfig) -> Path:
+    if not cfg.csv:
+        raise DatasetError("data.name is 'csv' but data.csv (the CSV file) is not set")
+    csv_path = Path(cfg.csv).expanduser()
+    if not csv_path.exists():
+        raise DatasetError(f"dataset CSV not found: {csv_path} (data.csv)")
+    return csv_path
+
+
 def _identity(cfg: DataConfig) -> dict:
-    """The config fields (and input checksum) that determine the built tensors."""
+    """The config fields and inputs that determine the built tensors.
+
+    For ``csv``: the CSV's text, the image root, and every listed image (:func:`~.generic.files_identity`: size and
+    content when the images total at most 64 MiB, else size and mtime), so images rewritten under an unchanged CSV
+    rebuild. A row whose image is missing is the loader's error, with its row."""
     if cfg.name == "cmnist":
         return {**_train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
     if cfg.name == "csv":
-        if not cfg.csv:
-            raise DatasetError("data.name is 'csv' but data.csv (the CSV file) is not set")
-        csv_path = Path(cfg.csv).expanduser()
-        if not csv_path.exists():
-            raise DatasetError(f"dataset CSV not found: {csv_path} (data.csv)")
+        csv_path = _csv_path(cfg)
+        files = resolve_files(read_rows(csv_path), image_root(csv_path, cfg.root), str(csv_path))
         return {
             "name": "csv",
             "csv_sha256": file_sha256(csv_path),
@@ -59,7 +77,8 @@ def _identity(cfg: DataConfig) -> dict:
             "valid_fraction": cfg.valid_fraction,
             "test_fraction": cfg.test_fraction,
             "seed": cfg.seed,
-            "version": 1,
+            "images": files_identity(files, str(csv_path)),
+            "version": 2,
         }
     raise DatasetError(f"unknown dataset data.name='{cfg.name}' (known: cmnist, csv)")
 
@@ -115,8 +134,25 @@ def train_key(cfg: DataConfig) -> str:
     return dataset_key(cfg) if ident is None else config_hash(ident)
 
 
+def _validate(cfg: DataConfig, splits: Splits) -> Splits:
+    """:func:`validate_splits`, naming the CSV (or MNIST source) and saying how to fill an empty split."""
+    if cfg.name == "csv":
+        csv_path = _csv_path(cfg)
+        with open(csv_path, newline="") as f:
+            header = [c.strip() for c in next(csv.reader(f), [])]
+        has_split = "split" in header
+        validate_splits(splits, str(csv_path), lambda name: split_fix(name, has_split))
+    else:
+        source = f"data.mnist_path={cfg.mnist_path}" if cfg.mnist_path is not None else "the bundled MNIST"
+        validate_splits(splits, f"{cfg.name} dataset ({source})")
+    return splits
+
+
 def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
-    """Load the cached tensors for this data config, building (and checksumming) them on first use."""
+    """Load the cached tensors for this data config, building (and checksumming) them on first use. Either way the
+    splits pass :func:`validate_splits` (a cache written before a check existed is checked too), else a
+    :class:`DatasetError`."""
+    claim_folder(cache_dir(cfg), "dataset cache (data.cache_dir or $DIFFDEBIAS_CACHE)")
     key = dataset_key(cfg)
     path = cache_dir(cfg) / f"{cfg.name}-{key}.safetensors"
     sha_file = path.with_suffix(".sha256")
@@ -124,10 +160,10 @@ def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
         expected = sha_file.read_text().strip()
         actual = file_sha256(path)
         if actual == expected:
-            return _load(path, actual)
+            return _validate(cfg, _load(path, actual))
         log(f"cached dataset {path} fails its checksum; rebuilding")
     log(f"building dataset '{cfg.name}' into {path}")
-    splits = _build(cfg)
+    splits = _validate(cfg, _build(cfg))
     _save(path, splits)
     return _load(path, sha_file.read_text().strip())
 

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 
+class DatasetError(ValueError):
+    """Bad dataset input; the message names the file and row (or the config field)."""
+
+
 @dataclass
 class ImageSet:
     """One split. ``bias`` is -1 where unknown; methods never read it, evaluation and oracles do."""

@@ -1,11 +1,16 @@
 """A dataset nobody has seen: a CSV of ``path,label`` (optional ``bias``, ``split``) and an image root.
 
-Every problem is reported with the CSV row (1-based, header = row 1) and what is wrong with it.
+Every problem is reported with the CSV row (1-based, header = row 1) and what is wrong with it, when the dataset is
+built: its splits must be non-empty, it must have two classes or more, and no image may be listed twice.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
+import stat
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,13 +20,14 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .base import ImageSet, Splits
+from .base import DatasetError, ImageSet, Splits
+from .validate import SPLITS, split_fix, validate_splits
 
-SPLITS = ("train", "valid", "test")
+__all__ = ["DatasetError", "load_csv_dataset", "read_rows", "resolve_files", "files_identity", "seeded_split",
+           "check_image_size", "image_root", "HASH_CONTENT_LIMIT"]
 
-
-class DatasetError(ValueError):
-    """Bad dataset input; the message names the file and row."""
+# Listed images totalling at most this many bytes are content-hashed for the cache key; above it, size + mtime only.
+HASH_CONTENT_LIMIT = 64 << 20
 
 
 def _parse_labels(values: list[str], column: str, where: str, allow_empty: bool) -> tuple[list[int], list[str]]:
@@ -83,6 +89,119 @@ def read_rows(csv_path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def check_image_size(image_size, where: str = "") -> None:
+    """``data.image_size`` is unset (the images' own size) or a positive side in pixels."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise DatasetError(f"{where + ': ' if where else ''}data.image_size must be a positive side in pixels (or "
+                           f"unset: the images' own size), got {image_size!r}")
+
+
+def image_root(csv_path: Path, root: str | Path | None) -> Path:
+    """The folder the CSV's paths are relative to: ``data.root``, else the CSV's own folder."""
+    return Path(root).expanduser() if root else csv_path.parent
+
+
+def resolve_files(rows: list[dict[str, str]], root: Path, where: str) -> list[Path]:
+    """Each row's image, resolved against ``root`` (so ``a.png`` and ``./a.png`` are one file, and a symbolic link its
+    target); it must exist and lie under the root. Folders are resolved once each (10,000 rows: 0.05 s)."""
+    root_real = root.resolve()
+    root_str = str(root_real)
+    folders: dict[str, str] = {}
+    files = []
+    for i, row in enumerate(rows):
+        rel = row["path"].strip()
+        if not rel:
+            raise DatasetError(f"{where}, row {i + 2}: empty path")
+        joined = os.path.join(root_str, rel)
+        folder, name = os.path.split(joined)
+        st = None
+        if name in ("", ".", ".."):
+            full = os.path.realpath(joined)
+        else:
+            if folder not in folders:
+                folders[folder] = os.path.realpath(folder)
+            full = os.path.join(folders[folder], name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                pass
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                full, st = os.path.realpath(full), None
+        if full != root_str and not full.startswith(root_str.rstrip(os.sep) + os.sep):
+            raise DatasetError(f"{where}, row {i + 2}: path '{rel}' escapes the image root {root_real}")
+        if st is None:
+            try:
+                st = os.stat(full)
+            except OSError:
+                pass
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise DatasetError(f"{where}, row {i + 2}: image file not found: {full}")
+        files.append(Path(full))
+    return files
+
+
+def _hash_chunk(files: list[Path]) -> bytes:
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            data = fh.read()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.digest()
+
+
+def files_identity(files: list[Path], where: str = "", limit: int | None = None) -> dict:
+    """A digest of the listed image files, for the dataset's cache key.
+
+    Every file contributes its size and either its content (SHA-256) or its ``st_mtime_ns``: its content when the
+    listed files total at most ``limit`` bytes (:data:`HASH_CONTENT_LIMIT`, 64 MiB), so an image rewritten with other
+    pixels, even of the same size and with its old mtime restored, changes the key, while a copy or ``touch`` that
+    keeps the bytes keeps it (and every stage keyed on it). Above the limit, size and mtime only: reading gigabytes
+    for every key would cost more than the rebuild a ``touch`` then causes, and a rewrite that keeps both size and
+    mtime goes unseen. Measured on a shared 2-core machine with the files in the page cache, 10,000 PNGs: 0.12 s to
+    hash 30 MiB, 0.33 s to hash 59 MiB, 0.03 s for size and mtime; the whole key of a 10,000-row CSV, 0.3 s.
+    """
+    stats = []
+    for i, f in enumerate(files):
+        try:
+            stats.append(f.stat())
+        except OSError as e:
+            raise DatasetError(f"{where}, row {i + 2}: image file not found: {f} ({e.strerror})") from e
+    total = sum(st.st_size for st in stats)
+    hashed = total <= (HASH_CONTENT_LIMIT if limit is None else limit)
+    h = hashlib.sha256()
+    if hashed:  # chunks of a fixed size, so the digest does not depend on the thread count
+        chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for digest in pool.map(_hash_chunk, chunks):
+                h.update(digest)
+    else:
+        for st in stats:
+            h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+    return {"files": len(files), "bytes": total, "by": "content" if hashed else "size+mtime", "digest": h.hexdigest()}
+
+
+def _check_duplicates(rows: list[dict[str, str]], files: list[Path], labels: list[int], where: str) -> None:
+    """No image twice: the same file (after resolving its path) with two labels, twice in one split, or in two."""
+    first: dict[Path, int] = {}
+    for j, f in enumerate(files):
+        i = first.setdefault(f, j)
+        if i == j:
+            continue
+        a, b = rows[i]["path"].strip(), rows[j]["path"].strip()
+        same = f"'{a}'" if a == b else f"'{a}' (row {i + 2}) and '{b}' (row {j + 2}), the same file,"
+        if labels[i] != labels[j]:
+            raise DatasetError(
+                f"{where}, rows {i + 2} and {j + 2}: image {same} is listed with two different labels, "
+                f"'{rows[i]['label'].strip()}' (row {i + 2}) and '{rows[j]['label'].strip()}' (row {j + 2}); "
+                f"keep the row with the right label")
+        raise DatasetError(
+            f"{where}, rows {i + 2} and {j + 2}: image {same} is listed twice (an image may appear once only, in one "
+            f"split); remove one of the rows")
+
+
 def load_csv_dataset(
     csv_path: str | Path,
     root: str | Path | None = None,
@@ -94,28 +213,22 @@ def load_csv_dataset(
     workers: int = 8,
 ) -> Splits:
     csv_path = Path(csv_path).expanduser()
+    check_image_size(image_size, str(csv_path))
     rows = read_rows(csv_path)
     where = str(csv_path)
-    root = Path(root).expanduser() if root else csv_path.parent
+    root = image_root(csv_path, root)
     root_real = root.resolve()
-
-    files = []
-    for i, row in enumerate(rows):
-        rel = row["path"].strip()
-        if not rel:
-            raise DatasetError(f"{where}, row {i + 2}: empty path")
-        full = (root / rel).resolve()
-        if full != root_real and root_real not in full.parents:
-            raise DatasetError(f"{where}, row {i + 2}: path '{rel}' escapes the image root {root_real}")
-        if not full.is_file():
-            raise DatasetError(f"{where}, row {i + 2}: image file not found: {full}")
-        files.append(full)
+    files = resolve_files(rows, root, where)
 
     labels, class_names = _parse_labels([r["label"] for r in rows], "label", where, allow_empty=False)
+    if len(class_names) < 2:
+        raise DatasetError(f"{where}: every row has label '{class_names[0]}': a classifier needs at least two classes")
+    _check_duplicates(rows, files, labels, where)
     has_bias = "bias" in rows[0]
     bias = _parse_labels([r["bias"] for r in rows], "bias", where, allow_empty=True)[0] if has_bias else None
 
-    if "split" in rows[0]:
+    has_split = "split" in rows[0]
+    if has_split:
         split = []
         for i, r in enumerate(rows):
             s = r["split"].strip().lower()
@@ -125,14 +238,26 @@ def load_csv_dataset(
             split.append(s)
     else:
         split = seeded_split(labels, valid_fraction, test_fraction, seed)
+    split_arr = np.array(split)
+    num_classes = len(class_names)
+    train_counts = np.bincount(np.asarray(labels)[split_arr == "train"], minlength=num_classes)
+    for c, n in enumerate(train_counts):
+        if n == 0:
+            raise DatasetError(f"{where}: class '{class_names[c]}' (label {c}) has no training sample")
 
     def load(i: int) -> np.ndarray:
         try:
             return _load_image(files[i], image_size, channels)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except Image.DecompressionBombError as e:
+            raise DatasetError(f"{where}, row {i + 2}: image {files[i]} is too large to decode safely (PIL's "
+                               f"decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS): {e}") from e
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise DatasetError(f"{where}, row {i + 2}: unreadable image {files[i]}: {e}") from e
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # An image over PIL's pixel limit but under twice it only warns (those over twice it raise, reported above): it
+    # loads, and the warning must not stop the build where warnings are errors.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         arrays = list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc="images", leave=False))
     shapes = Counter(a.shape for a in arrays)
     if len(shapes) > 1:
@@ -145,13 +270,6 @@ def load_csv_dataset(
     images = torch.from_numpy(np.stack(arrays))
     labels_t = torch.tensor(labels, dtype=torch.long)
     bias_t = torch.tensor(bias, dtype=torch.long) if bias is not None else None
-    num_classes = len(class_names)
-    split_arr = np.array(split)
-
-    train_counts = np.bincount(labels_t[torch.from_numpy(split_arr == "train")].numpy(), minlength=num_classes)
-    for c, n in enumerate(train_counts):
-        if n == 0:
-            raise DatasetError(f"{where}: class '{class_names[c]}' (label {c}) has no training sample")
 
     def part(name: str) -> ImageSet:
         idx = torch.from_numpy(np.nonzero(split_arr == name)[0])
@@ -162,7 +280,7 @@ def load_csv_dataset(
             [str(files[i].relative_to(root_real)) for i in idx.tolist()],
         )
 
-    return Splits(
+    splits = Splits(
         train=part("train"),
         valid=part("valid"),
         test=part("test"),
@@ -171,6 +289,19 @@ def load_csv_dataset(
         class_names=class_names,
         name=csv_path.stem,
     )
+    smallest = int(np.bincount(np.asarray(labels)).min())
+    fractions = {"valid": valid_fraction, "test": test_fraction}
+    validate_splits(splits, where, lambda name: _empty_fix(name, has_split, smallest, fractions))
+    return splits
+
+
+def _empty_fix(name: str, has_split: bool, smallest: int, fractions: dict[str, float]) -> str:
+    """How to fill the empty split ``name``: the CSV's split column, or the seeded split's fractions."""
+    if has_split:
+        return f"no row has split={name}: {split_fix(name, True)}"
+    if fractions.get(name, 1) <= 0:
+        return f"data.{name}_fraction is {fractions[name]}: raise it, or add a split column with rows split={name}"
+    return f"{split_fix(name, False)} (smallest class: {smallest} images)"
 
 
 def seeded_split(labels: list[int], valid_fraction: float, test_fraction: float, seed: int) -> list[str]:

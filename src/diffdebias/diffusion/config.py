@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..checks import ConfigError, at_least, choice, count, fraction, positive
 from ..fields import added, execution
+
+
+class DiffusionConfigError(ConfigError):
+    """A diffusion or sampling setting that cannot work; the message names the field (a ``ValueError``)."""
+
 
 PRESETS = ("tiny", "cpu", "paper")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -57,43 +63,33 @@ class DiffusionConfig:
     sample_every: int = execution(5000)  # steps between preview sample grids (PNG + TensorBoard); 0 disables
     log_every: int = execution(20)  # steps between loss/lr scalars in TensorBoard and the progress bar
 
-    def validate(self) -> DiffusionConfig:
-        _choice("diffusion.preset", self.preset, PRESETS)
-        _choice("diffusion.precision", self.precision, PRECISIONS)
-        _choice("diffusion.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"))
-        _choice("diffusion.prediction_type", self.prediction_type, ("epsilon",))
-        _positive("diffusion.num_train_timesteps", self.num_train_timesteps)
-        _positive("diffusion.steps", self.steps)
-        _positive("diffusion.batch_size", self.batch_size)
-        _positive("diffusion.gradient_accumulation", self.gradient_accumulation)
-        _positive("diffusion.checkpoint_every", self.checkpoint_every)
-        _positive("diffusion.log_every", self.log_every)
-        _at_least("diffusion.sample_every", self.sample_every, 0)
+    def validate(self, name: str = "diffusion") -> DiffusionConfig:
+        """Every field in range; errors name ``<name>.<field>`` as :class:`DiffusionConfigError`."""
+        err = DiffusionConfigError
+        choice(f"{name}.preset", self.preset, PRESETS, err)
+        choice(f"{name}.precision", self.precision, PRECISIONS, err)
+        choice(f"{name}.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"), err)
+        choice(f"{name}.prediction_type", self.prediction_type, ("epsilon",), err)
+        for key in ("num_train_timesteps", "steps", "batch_size", "gradient_accumulation", "checkpoint_every",
+                    "log_every"):
+            count(f"{name}.{key}", getattr(self, key), error=err)
+        count(f"{name}.sample_every", self.sample_every, low=0, error=err)  # 0 disables previews
+        count(f"{name}.warmup_steps", self.warmup_steps, low=0, error=err)
         if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 0:
-            raise DiffusionConfigError(f"diffusion.image_size must be 0 (the data's size) or a side in px, "
-                                       f"got {self.image_size!r}")
-        _at_least("diffusion.warmup_steps", self.warmup_steps, 0)
-        _at_least("diffusion.grad_clip", self.grad_clip, 0)
-        _at_least("diffusion.weight_decay", self.weight_decay, 0)
-        _at_least("diffusion.p2_gamma", self.p2_gamma, 0)
-        if not self.lr > 0:
-            raise DiffusionConfigError(f"diffusion.lr must be > 0, got {self.lr}")
+            raise err(f"{name}.image_size must be 0 (the data's size) or a side in px, got {self.image_size!r}")
+        for key in ("grad_clip", "weight_decay", "p2_gamma"):
+            at_least(f"{name}.{key}", getattr(self, key), 0, err)
+        positive(f"{name}.lr", self.lr, err)
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise DiffusionConfigError(
-                f"diffusion.beta_start/diffusion.beta_end must satisfy 0 < start < end < 1, "
-                f"got {self.beta_start}, {self.beta_end}"
-            )
-        if not 0 <= self.label_dropout < 1:
-            raise DiffusionConfigError(f"diffusion.label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not 0 <= self.ema_decay < 1:
-            raise DiffusionConfigError(f"diffusion.ema_decay must be in [0, 1), got {self.ema_decay}")
+            raise err(f"{name}.beta_start/{name}.beta_end must satisfy 0 < start < end < 1, "
+                      f"got {self.beta_start}, {self.beta_end}")
+        fraction(f"{name}.label_dropout", self.label_dropout, high_open=True, error=err)
+        fraction(f"{name}.ema_decay", self.ema_decay, high_open=True, error=err)
         if self.p2_k <= 0 and self.p2_gamma > 0:
-            raise DiffusionConfigError(f"diffusion.p2_k must be > 0 when p2_gamma > 0, got {self.p2_k}")
+            raise err(f"{name}.p2_k must be > 0 when p2_gamma > 0, got {self.p2_k}")
         if self.batch_size % self.gradient_accumulation:
-            raise DiffusionConfigError(
-                f"diffusion.batch_size ({self.batch_size}) must be a multiple of "
-                f"diffusion.gradient_accumulation ({self.gradient_accumulation})"
-            )
+            raise err(f"{name}.batch_size ({self.batch_size}) must be a multiple of "
+                      f"{name}.gradient_accumulation ({self.gradient_accumulation})")
         return self
 
 
@@ -112,18 +108,18 @@ class SamplingConfig:
     precision: str = "auto"  # fp32 | bf16 | auto (as diffusion.precision)
     compile: bool = False  # torch.compile the U-Net for sampling (pays a one-off compile of ~1 min on CPU)
 
-    def validate(self) -> SamplingConfig:
-        _choice("sampling.sampler", self.sampler, ("ddim", "ddpm"))
-        _choice("sampling.timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"))
-        _choice("sampling.precision", self.precision, PRECISIONS)
-        _positive("sampling.steps", self.steps)
-        _positive("sampling.batch_size", self.batch_size)
-        _positive("sampling.workers", self.workers, low=0)  # 0: automatic
-        _at_least("sampling.per_class", self.per_class, 0)
-        if not 0 <= self.eta <= 1:
-            raise DiffusionConfigError(f"sampling.eta must be in [0, 1], got {self.eta}")
-        if self.guidance_scale < 0:
-            raise DiffusionConfigError(f"sampling.guidance_scale must be >= 0, got {self.guidance_scale}")
+    def validate(self, name: str = "sampling") -> SamplingConfig:
+        """Every field in range; errors name ``<name>.<field>`` as :class:`DiffusionConfigError`."""
+        err = DiffusionConfigError
+        choice(f"{name}.sampler", self.sampler, ("ddim", "ddpm"), err)
+        choice(f"{name}.timestep_spacing", self.timestep_spacing, ("leading", "trailing", "linspace"), err)
+        choice(f"{name}.precision", self.precision, PRECISIONS, err)
+        count(f"{name}.steps", self.steps, error=err)
+        count(f"{name}.batch_size", self.batch_size, error=err)
+        count(f"{name}.workers", self.workers, low=0, error=err)  # 0: automatic
+        count(f"{name}.per_class", self.per_class, low=0, error=err)
+        fraction(f"{name}.eta", self.eta, error=err)
+        at_least(f"{name}.guidance_scale", self.guidance_scale, 0, err)
         return self
 
 
@@ -156,54 +152,25 @@ class InjectionConfig:
     batch_size: int = execution(64)  # images per inversion/generation batch (CPU optimum ~64; raise it on a GPU)
     workers: int = execution(0)  # batches run side by side in threads; 0: one per CPU thread on a CPU, 1 on a GPU
 
-    def validate(self) -> InjectionConfig:
-        _positive("injection.batch_size", self.batch_size)
-        _positive("injection.workers", self.workers, low=0)  # 0: automatic
-        if self.steps < 2:
-            raise DiffusionConfigError(f"injection.steps must be >= 2, got {self.steps}")
+    def validate(self, name: str = "injection") -> InjectionConfig:
+        """Every field in range; errors name ``<name>.<field>`` as :class:`DiffusionConfigError`."""
+        err = DiffusionConfigError
+        count(f"{name}.batch_size", self.batch_size, error=err)
+        count(f"{name}.workers", self.workers, low=0, error=err)  # 0: automatic
+        count(f"{name}.steps", self.steps, low=2, error=err)
         if self.gamma < 0 or (self.blend == "slerp" and self.gamma > 1):
-            raise DiffusionConfigError(
-                f"injection.gamma must be in [0, 1] for blend slerp and >= 0 for mean/adain; got {self.gamma} "
-                f"with blend {self.blend!r}")
-        if not 0 <= self.boost_eta <= 1:
-            raise DiffusionConfigError(f"injection.boost_eta must be in [0, 1], got {self.boost_eta}")
-        _choice("injection.blend", self.blend, BLENDS)
-        _choice("injection.precision", self.precision, PRECISIONS)
+            raise err(f"{name}.gamma must be in [0, 1] for blend slerp and >= 0 for mean/adain; got {self.gamma} "
+                      f"with blend {self.blend!r}")
+        fraction(f"{name}.boost_eta", self.boost_eta, error=err)
+        choice(f"{name}.blend", self.blend, BLENDS, err)
+        choice(f"{name}.precision", self.precision, PRECISIONS, err)
         if self.t_boost >= self.t_edit:
-            raise DiffusionConfigError(
-                f"injection.t_boost ({self.t_boost}) must be below injection.t_edit ({self.t_edit})")
+            raise err(f"{name}.t_boost ({self.t_boost}) must be below {name}.t_edit ({self.t_edit})")
         if self.t_start is not None and not self.t_start > self.t_edit:
-            raise DiffusionConfigError(
-                f"injection.t_start ({self.t_start}) must be above injection.t_edit ({self.t_edit}), or null")
+            raise err(f"{name}.t_start ({self.t_start}) must be above {name}.t_edit ({self.t_edit}), or null")
         if self.mask is not None:
             m = self.mask
             if len(m) != 4 or not (0 <= m[0] < m[1] <= 1 and 0 <= m[2] < m[3] <= 1):
-                raise DiffusionConfigError(
-                    f"injection.mask must be [top, bottom, left, right] fractions with top < bottom, left < right; "
-                    f"got {m}")
+                raise err(f"{name}.mask must be [top, bottom, left, right] fractions with top < bottom, "
+                          f"left < right; got {m}")
         return self
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise DiffusionConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _positive(name: str, value: int, low: int = 1) -> None:
-    """An integer count of at least ``low`` (1 unless said otherwise)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise DiffusionConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low:
-        raise DiffusionConfigError(f"{name} must be >= {low}, got {value!r}")
-
-
-# Imported last: ``diffdebias.config`` imports the two dataclasses above from this module, so whichever of the two
-# modules is imported first, both classes exist by the time the other needs them.
-from ..config import ConfigError  # noqa: E402
-
-
-class DiffusionConfigError(ConfigError):
-    """A diffusion or sampling setting that cannot work; the message names the field (a ``ValueError``)."""

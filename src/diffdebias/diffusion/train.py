@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..runs import Stage, load_state, save_state, write_json
+from ..runs import Stage, check_finite, load_resumable, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .models import autocast, load_unet, model_num_classes, null_label, resolve_precision, save_unet
 from .sampling import class_grid, make_grid_image, sample, save_png, to_unit
@@ -147,8 +147,8 @@ def train_diffusion(
     )
     ckpt_path = stage.path("checkpoint.safetensors")
     step = 0
-    if ckpt_path.exists():
-        state = load_state(ckpt_path)
+    state = load_resumable(ckpt_path, load_state, stage.log)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -216,8 +216,10 @@ def train_diffusion(
         bar.update(1)
         if callback is not None:
             callback(step, float(loss.detach()))
-        if step % cfg.log_every == 0 or step == end:
+        if step % cfg.log_every == 0 or step == end or step % cfg.checkpoint_every == 0:
             mean_loss = float(window_loss) / window_n
+            check_finite(mean_loss, stage, f"steps {step - window_n + 1}-{step}",
+                         f"lower diffusion.lr ({cfg.lr:g}) or keep diffusion.grad_clip on ({cfg.grad_clip:g})")
             rate = window_n * cfg.batch_size / max(time.perf_counter() - window_t0, 1e-9)
             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
             if writer is not None:
@@ -231,6 +233,8 @@ def train_diffusion(
             _preview(stage, ema, cfg, num_classes, step, device, writer)
         if step % cfg.checkpoint_every == 0 or step == end:
             _checkpoint(accelerator, ckpt_path, raw, ema, optimizer, step)
+            if main:
+                stage.checkpointed()
     bar.close()
 
     if step >= cfg.steps and main:

@@ -23,7 +23,7 @@ from ..classifiers.weighting import SyntheticShare, Weighting
 from ..config import DiffInjectConfig, key_dict, load_config
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, map_batches
-from ..runs import Stage, load_tensors, save_tensors
+from ..runs import Stage, load_resumable, load_tensors, save_tensors
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import UNET, diffusion_stage
@@ -163,9 +163,8 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             return pad_rows(rows, bs) if icfg.compile else rows
 
         h_path = stage.path("content_h.safetensors")
-        if h_path.exists():
-            content_h = {int(k): v for k, v in load_tensors(h_path)[0].items()}
-        else:
+        content_h = load_resumable(h_path, lambda p: {int(k): v for k, v in load_tensors(p)[0].items()}, stage.log)
+        if content_h is None:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
             parts = []
             for s in range(0, len(pool), bs):
@@ -175,6 +174,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                 parts.append({t: v[:len(rows)].cpu() for t, v in h.items()})
             content_h = {t: torch.cat([p[t] for p in parts]) for t in parts[0]}
             save_tensors(h_path, {str(t): v for t, v in content_h.items()})
+            stage.checkpointed()
         position = torch.full((len(d.train),), -1, dtype=torch.long)
         position[pool] = torch.arange(len(pool))
 
@@ -185,9 +185,10 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         bar = tqdm(total=n, desc="injection", unit="img")  # pairs done, each an inversion + an injected generation
         for k, start in enumerate(range(0, n, chunk)):
             path = stage.path(f"chunk_{k:04d}.safetensors")
-            if path.exists():
-                images.append(load_tensors(path)[0]["images"])
-                bar.update(len(images[-1]))
+            done = load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log)
+            if done is not None:
+                images.append(done)
+                bar.update(len(done))
                 continue
             stop = min(start + chunk, n)
             stage.log(f"{stage.name}: images {start}-{stop} of {n}")
@@ -205,6 +206,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
 
             images.append(torch.cat(map_batches(one_batch, range(start, stop, bs), workers)))
             save_tensors(path, {"images": images[-1]})
+            stage.checkpointed()
         bar.close()
         images = torch.cat(images)
         save_tensors(stage.path(INJECTED), {"images": images, **pairs})

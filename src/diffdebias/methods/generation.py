@@ -8,7 +8,7 @@ from ..config import key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..diffusion import DiffusionConfig, SamplingConfig
-from ..runs import Stage, load_tensors, save_tensors
+from ..runs import Stage, load_resumable, load_tensors, save_tensors
 from .common import Context
 
 UNET = "unet.safetensors"
@@ -55,13 +55,15 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
         parts = []
         for k, start in enumerate(range(0, len(labels), chunk)):
             path = stage.path(f"chunk_{k:04d}.safetensors")
-            if path.exists():
-                parts.append(load_tensors(path)[0]["images"])
+            done = load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log)
+            if done is not None:
+                parts.append(done)
                 continue
             stage.log(f"{stage.name}: images {start}-{min(start + chunk, len(labels))} of {len(labels)}")
             images = resize(sample(model, cfg, dcfg, labels[start : start + chunk], None, acc.device,
                                    seeds=seeds[start : start + chunk]), image_size)
             save_tensors(path, {"images": images})
+            stage.checkpointed()
             parts.append(images)
         images = torch.cat(parts)
         save_tensors(stage.path(SYNTHETIC), {"images": images, "labels": labels, "seeds": seeds})
