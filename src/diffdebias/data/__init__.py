@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,24 +30,33 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(base).expanduser()
 
 
-def _train_identity(cfg: DataConfig) -> dict | None:
-    """The config fields that determine the training split alone, where fewer than :func:`_identity`'s."""
-    if cfg.name == "cmnist":
-        from .mnist import source_identity
+def _cmnist_train_identity(cfg: DataConfig) -> dict:
+    from .mnist import source_identity
 
-        ident = {
-            "name": "cmnist",
-            "conflict_ratio": cfg.conflict_ratio,
-            "color_std": cfg.color_std,
-            "valid_fraction": cfg.valid_fraction,
-            "seed": cfg.seed,
-            "mnist_path": cfg.mnist_path,
-            "version": 1,
-        }
-        if cfg.mnist_path is not None:  # a replaced file rebuilds; the bundled data keeps the keys it always had
-            ident["mnist_files"] = source_identity(cfg.mnist_path)
-        return ident
-    return None
+    ident = {
+        "name": "cmnist",
+        "conflict_ratio": cfg.conflict_ratio,
+        "color_std": cfg.color_std,
+        "valid_fraction": cfg.valid_fraction,
+        "seed": cfg.seed,
+        "mnist_path": cfg.mnist_path,
+        "version": 1,
+    }
+    if cfg.mnist_path is not None:  # a replaced file rebuilds; the bundled data keeps the keys it always had
+        ident["mnist_files"] = source_identity(cfg.mnist_path)
+    return ident
+
+
+def _cmnist_identity(cfg: DataConfig) -> dict:
+    return {**_cmnist_train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
+
+
+def _cmnist_build(cfg: DataConfig) -> Splits:
+    from .cmnist import build_cmnist
+    from .mnist import load_mnist
+
+    mnist = load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist")
+    return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed, cfg.valid_bias_order)
 
 
 def _csv_path(cfg: DataConfig) -> Path:
@@ -57,43 +68,60 @@ def _csv_path(cfg: DataConfig) -> Path:
     return csv_path
 
 
-def _identity(cfg: DataConfig) -> dict:
-    """The config fields and inputs that determine the built tensors.
+def _csv_identity(cfg: DataConfig) -> dict:
+    """The CSV's text, the image root, and every listed image (:func:`~.generic.files_identity`: size and content
+    when the images total at most 64 MiB, else size and mtime), so images rewritten under an unchanged CSV rebuild.
+    A row whose image is missing is the loader's error, with its row."""
+    csv_path = _csv_path(cfg)
+    files = resolve_files(read_rows(csv_path), image_root(csv_path, cfg.root), str(csv_path))
+    return {
+        "name": "csv",
+        "csv_sha256": file_sha256(csv_path),
+        "csv": str(csv_path.resolve()),
+        "root": str(Path(cfg.root).expanduser().resolve()) if cfg.root else None,
+        "image_size": cfg.image_size,
+        "valid_fraction": cfg.valid_fraction,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+        "images": files_identity(files, str(csv_path)),
+        "version": 2,
+    }
 
-    For ``csv``: the CSV's text, the image root, and every listed image (:func:`~.generic.files_identity`: size and
-    content when the images total at most 64 MiB, else size and mtime), so images rewritten under an unchanged CSV
-    rebuild. A row whose image is missing is the loader's error, with its row."""
-    if cfg.name == "cmnist":
-        return {**_train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
-    if cfg.name == "csv":
-        csv_path = _csv_path(cfg)
-        files = resolve_files(read_rows(csv_path), image_root(csv_path, cfg.root), str(csv_path))
-        return {
-            "name": "csv",
-            "csv_sha256": file_sha256(csv_path),
-            "csv": str(csv_path.resolve()),
-            "root": str(Path(cfg.root).expanduser().resolve()) if cfg.root else None,
-            "image_size": cfg.image_size,
-            "valid_fraction": cfg.valid_fraction,
-            "test_fraction": cfg.test_fraction,
-            "seed": cfg.seed,
-            "images": files_identity(files, str(csv_path)),
-            "version": 2,
-        }
-    raise DatasetError(f"unknown dataset data.name='{cfg.name}' (known: cmnist, csv)")
+
+def _csv_build(cfg: DataConfig) -> Splits:
+    return load_csv_dataset(cfg.csv, cfg.root, cfg.image_size, 3, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one ``data.name`` becomes :class:`Splits`. ``identity`` is cheap (config fields, file sizes and times or
+    hashes) and decides whether the cached tensors still hold; ``build`` reads the files; ``train_identity``, where a
+    dataset has one, covers the training split alone (stages that read nothing else stay cached when valid changes)."""
+
+    identity: Callable[[DataConfig], dict]
+    build: Callable[[DataConfig], Splits]
+    train_identity: Callable[[DataConfig], dict] | None = None
+
+
+SOURCES: dict[str, Source] = {
+    "cmnist": Source(_cmnist_identity, _cmnist_build, _cmnist_train_identity),
+    "csv": Source(_csv_identity, _csv_build),
+}
+
+
+def _source(cfg: DataConfig) -> Source:
+    if cfg.name not in SOURCES:
+        raise DatasetError(f"unknown dataset data.name='{cfg.name}' (known: {', '.join(SOURCES)})")
+    return SOURCES[cfg.name]
+
+
+def _identity(cfg: DataConfig) -> dict:
+    """The config fields and inputs that determine the built tensors."""
+    return _source(cfg).identity(cfg)
 
 
 def _build(cfg: DataConfig) -> Splits:
-    if cfg.name == "cmnist":
-        from .cmnist import build_cmnist
-        from .mnist import load_mnist
-
-        mnist = load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist")
-        return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed,
-                            cfg.valid_bias_order)
-    return load_csv_dataset(
-        cfg.csv, cfg.root, cfg.image_size, 3, cfg.valid_fraction, cfg.test_fraction, cfg.seed
-    )
+    return _source(cfg).build(cfg)
 
 
 def _save(path: Path, splits: Splits) -> None:
@@ -130,8 +158,8 @@ def dataset_key(cfg: DataConfig) -> str:
 def train_key(cfg: DataConfig) -> str:
     """A key of the training split alone: the input key of stages that read nothing else (diffusion training), so a
     change to the valid split keeps them cached."""
-    ident = _train_identity(cfg)
-    return dataset_key(cfg) if ident is None else config_hash(ident)
+    source = _source(cfg)
+    return dataset_key(cfg) if source.train_identity is None else config_hash(source.train_identity(cfg))
 
 
 def _validate(cfg: DataConfig, splits: Splits) -> Splits:
@@ -142,9 +170,11 @@ def _validate(cfg: DataConfig, splits: Splits) -> Splits:
             header = [c.strip() for c in next(csv.reader(f), [])]
         has_split = "split" in header
         validate_splits(splits, str(csv_path), lambda name: split_fix(name, has_split))
-    else:
+    elif cfg.name == "cmnist":
         source = f"data.mnist_path={cfg.mnist_path}" if cfg.mnist_path is not None else "the bundled MNIST"
         validate_splits(splits, f"{cfg.name} dataset ({source})")
+    else:
+        validate_splits(splits, f"{cfg.name} dataset (data.root={cfg.root})")
     return splits
 
 
