@@ -21,7 +21,7 @@ from .fields import added, execution, side
 
 # Names owned by modules this one cannot import (they import it, or torch); tests check that each copy matches.
 METHOD_NAMES = ("ddb", "diffinject", "disent", "disent_be", "erm", "gdro", "jtt", "lff", "lff_be")  # methods.METHODS
-ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar")  # classifiers.models.ARCHS
+ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "resnet8")  # classifiers.models.ARCHS
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
 VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
@@ -69,8 +69,10 @@ class DataConfig:
 class TrainConfig:
     """One classifier training: model, optimisation, loss and selection."""
 
-    arch: str = "mlp"  # mlp (LfF 100-100-100) | mlp16 (DisEnt 100-100-16) | resnet18 | resnet50 | resnet18_cifar
-    pretrained: bool = False  # torchvision ImageNet weights (must already be in the local torch cache)
+    arch: str = "mlp"  # mlp (LfF 100-100-100) | mlp16 (DisEnt 100-100-16) | resnet18 | resnet50 | resnet18_cifar (3x3
+    #                    stem, no max-pool) | resnet20 | resnet8 (He et al.'s CIFAR ResNets: 16-32-64 channels)
+    pretrained: bool = False  # torchvision ImageNet weights (resnet18/50), read from the local torch cache
+    #                           ($TORCH_HOME/hub/checkpoints, hash-checked); never downloaded
     epochs: int = 100
     batch_size: int = 256
     optimizer: str = "adam"  # adam | sgd

@@ -7,10 +7,18 @@ code's double division); pretrained ResNets normalise with ImageNet statistics i
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch import nn
 
-ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar")
+ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "resnet8")
+WEIGHTS = {"resnet18": "ResNet18_Weights.IMAGENET1K_V1", "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
+
+
+class PretrainedWeightsError(ValueError):
+    """ImageNet weights asked for (classifier.pretrained=true) that are not in the local torch cache, or corrupt."""
 
 
 class Classifier(nn.Module):
@@ -56,19 +64,68 @@ def _mlp(in_features: int, hidden: tuple[int, ...]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def pretrained_path(arch: str) -> Path:
+    """Where torchvision keeps ``arch``'s ImageNet weights: ``$TORCH_HOME/hub/checkpoints/<name>-<sha256[:8]>.pth``."""
+    import torch.hub
+    import torchvision
+
+    url = torchvision.models.get_weight(WEIGHTS[arch]).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def load_pretrained(arch: str) -> dict[str, torch.Tensor]:
+    """``arch``'s ImageNet weights from the local torch cache, never downloaded: the file must exist and its sha256
+    must start with the hash in its name (torch.hub's convention). Read as tensors only (``weights_only``), so the
+    file cannot run code."""
+    import torchvision
+
+    if arch not in WEIGHTS:
+        raise PretrainedWeightsError(f"classifier.pretrained is not available for {arch} (only {', '.join(WEIGHTS)})")
+    path = pretrained_path(arch)
+    url = torchvision.models.get_weight(WEIGHTS[arch]).url
+    if not path.is_file():
+        raise PretrainedWeightsError(f"classifier.pretrained=true needs {arch}'s ImageNet weights at {path}; nothing "
+                                     f"is downloaded at run time: fetch {url} on a machine with internet and copy it "
+                                     f"there (or set TORCH_HOME), or set classifier.pretrained=false")
+    expected = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if not digest.startswith(expected):
+        raise PretrainedWeightsError(f"{path}: sha256 {digest[:8]}... does not match the {expected} in its name: a "
+                                     f"corrupt or foreign file; fetch {url} again")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _resnet(arch: str, pretrained: bool) -> tuple[nn.Module, int]:
     import torchvision
 
-    if arch == "resnet50":
-        net = torchvision.models.resnet50(weights="IMAGENET1K_V1" if pretrained else None)
-    else:
-        net = torchvision.models.resnet18(weights="IMAGENET1K_V1" if pretrained else None)
+    net = (torchvision.models.resnet50 if arch == "resnet50" else torchvision.models.resnet18)(weights=None)
+    if pretrained:
+        net.load_state_dict(load_pretrained(arch))
     if arch == "resnet18_cifar":  # 3x3 stem without max-pool, for 32 px images
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
     dim = net.fc.in_features
     net.fc = nn.Identity()
     return net, dim
+
+
+def _cifar_resnet(blocks: int) -> tuple[nn.Module, int]:
+    """He et al.'s CIFAR ResNet (6n + 2 layers: a 3x3 stem, three stages of ``blocks`` basic blocks at 16/32/64
+    channels): ResNet-20 has 0.27 M weights, a small model for 28-32 px images on a CPU."""
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
+    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+    width = 16
+    for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        for b in range(blocks):
+            s = stride if b == 0 else 1
+            down = None
+            if s != 1 or width != planes:
+                down = nn.Sequential(conv1x1(width, planes, s), nn.BatchNorm2d(planes))
+            layers.append(BasicBlock(width, planes, s, down))
+            width = planes
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), width
 
 
 def build_classifier(arch: str, num_classes: int, image_shape: tuple[int, int, int], pretrained: bool = False,
@@ -79,14 +136,13 @@ def build_classifier(arch: str, num_classes: int, image_shape: tuple[int, int, i
         return Classifier(_mlp(c * h * w, (100, 100, 100)), 100, num_classes, input_scale=input_scale)
     if arch == "mlp16":
         return Classifier(_mlp(c * h * w, (100, 100, 16)), 16, num_classes, input_scale=input_scale)
-    if arch in ("resnet18", "resnet50", "resnet18_cifar"):
+    if arch.startswith("resnet"):
         if c != 3:
             raise ValueError(f"classifier.arch={arch} needs 3-channel images, got {c}")
-        if pretrained and arch == "resnet18_cifar":
-            raise ValueError("classifier.pretrained is not available for resnet18_cifar")
-        try:
-            encoder, dim = _resnet(arch, pretrained)
-        except Exception as e:  # weights not in the local cache and no internet
-            raise RuntimeError(f"could not load ImageNet weights for {arch} (classifier.pretrained=true): {e}") from e
+        if pretrained and arch not in WEIGHTS:
+            raise PretrainedWeightsError(f"classifier.pretrained is not available for {arch} "
+                                         f"(only {', '.join(WEIGHTS)})")
+        encoder, dim = _cifar_resnet({"resnet20": 3, "resnet8": 1}[arch]) if arch in ("resnet20", "resnet8") else (
+            _resnet(arch, pretrained))
         return Classifier(encoder, dim, num_classes, normalize=pretrained, input_scale=input_scale)
     raise ValueError(f"unknown classifier.arch '{arch}' (known: {', '.join(ARCHS)})")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -97,7 +96,8 @@ def default_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, 
 def load_classifier(stage: Stage, cfg: TrainConfig, build_model: ModelFactory = default_factory) -> nn.Module:
     """The selected weights a finished training stage saved (their shapes are in the file's metadata)."""
     state, meta = load_tensors(stage.path(WEIGHTS))
-    model = build_model(replace(cfg, pretrained=False), meta["num_classes"], tuple(meta["image_shape"]))
+    # built as trained (a pretrained model normalises its inputs with ImageNet statistics), then given its weights
+    model = build_model(cfg, meta["num_classes"], tuple(meta["image_shape"]))
     model.load_state_dict(state)
     return model.to(accelerator().device).eval()
 
