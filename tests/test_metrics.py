@@ -33,7 +33,7 @@ def test_missing_cells_are_left_out_and_weighted_average():
     assert math.isclose(m["unbiased_accuracy"], (0.5 + 1.0) / 2)
     assert math.isnan(m["conflicting_accuracy"])
     # weights of absent cells are dropped: (3 * 0.5 + 1 * 1.0) / 4
-    assert math.isclose(m["average_accuracy"], 2.5 / 4)
+    assert math.isclose(m["adjusted_accuracy"], 2.5 / 4)
 
 
 def test_without_bias_only_accuracy():

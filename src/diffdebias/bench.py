@@ -18,11 +18,13 @@ from typing import Any
 import yaml
 
 from .config import Config, ConfigError, load_config, to_dict
+from .evaluation.metrics import METRIC_NAMES, headline_metrics
 from .evaluation.published import PUBLISHED_NAMES, published
 from .fields import execution_keys, marked_keys
 from .runs import read_json, write_text
 
-METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")
+METRICS = ("unbiased_accuracy", "aligned_accuracy", "conflicting_accuracy")  # collected for every dataset, beside
+# the metrics its benchmark reports (evaluation.metrics.HEADLINE_METRICS): the table is drawn for the first of those
 # Bias-conflicting detection on the training set (DDB's amplifier; metrics.json "detection" and, for the real-data
 # reference amplifiers, "detection_references"): column -> path in metrics.json.
 DETECTION = {"detection_auroc": ("detection", "auroc"), "detection_precision": ("detection", "precision"),
@@ -160,6 +162,11 @@ SIDE_SETTINGS = {"detection_references": {("ddb", "reference_epochs"): 2, ("ddb"
                                           ("ddb", "reference_recipe"): "amplifier"}}
 
 
+def table_metrics(table: Table) -> tuple[str, ...]:
+    """The test metrics a table collects: :data:`METRICS`, then those its dataset's benchmark reports."""
+    return METRICS + tuple(m for m in headline_metrics(table.dataset) if m not in METRICS)
+
+
 def collect(table: Table, log=print) -> list[dict[str, Any]]:
     """One row per (method, ratio): mean and std over the finished seeds of each metric, in %."""
     rows = []
@@ -167,8 +174,8 @@ def collect(table: Table, log=print) -> list[dict[str, Any]]:
         for ratio in table.ratios:
             found, stale = finished_runs(table, method, ratio, log)
             row: dict[str, Any] = {"method": method, "ratio": ratio, "seeds": len(found)}
-            for metric in METRICS:
-                m, s = mean_std([100 * f["test"][metric] for f in found if metric in f["test"]])
+            for metric in table_metrics(table):  # null (undefined) values are left out
+                m, s = mean_std([100 * v for f in found if (v := f["test"].get(metric)) is not None])
                 row[metric], row[metric + "_std"] = m, s
             for column, path in DETECTION.items():  # references may have run for some seeds only (a side switch)
                 values = [float(v) for f in found if (v := _dig(f, path)) is not None]
@@ -211,8 +218,10 @@ def _cell(row: dict[str, Any], metric: str, digits: int = 2) -> str:
 
 
 def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Markdown, CSV and LaTeX of the unbiased-accuracy table with published numbers beside ours."""
+    """Markdown, CSV and LaTeX of the table of the dataset's main headline metric (Colored MNIST: unbiased accuracy)
+    with published numbers beside ours, and its other headline metrics (UrbanCars' gaps) in a table of their own."""
     by = {(r["method"], r["ratio"]): r for r in rows}
+    main, *others = headline_metrics(table.dataset)
     ratios = table.ratios
     head = " | ".join(f"{100 * r:g} % ours | pub." for r in ratios)
     md = [f"| method | {head} |", "|---|" + "---|---|" * len(ratios)]
@@ -223,11 +232,20 @@ def render(table: Table, rows: list[dict[str, Any]]) -> dict[str, str]:
         for r in ratios:
             row = by[(method, r)]
             pub = row["published"]
-            cells += [_cell(row, "unbiased_accuracy"), "—" if pub is None else f"{pub:.2f}"]
+            cells += [_cell(row, main), "—" if pub is None else f"{pub:.2f}"]
         md.append(f"| {_label(method, rows, ' (*supervised*)')} | " + " | ".join(cells) + " |")
         tex_cells = (c.replace("±", "$\\pm$").replace("—", "--") for c in cells)
         tex.append(f"{_label(method, rows)} & " + " & ".join(tex_cells) + " \\\\")
     tex.append("\\end{tabular}")
+    if main != "unbiased_accuracy":
+        md = [f"Test {METRIC_NAMES.get(main, main)} (%), mean ± std (the metric {table.dataset} reports):", "", *md]
+    if others:
+        md += ["", "The other metrics the benchmark reports (test, %, mean ± std):", "",
+               "| method | ratio | " + " | ".join(METRIC_NAMES.get(m, m) for m in others) + " |",
+               "|---|---|" + "---|" * len(others)]
+        for row in rows:
+            md.append(f"| {_label(row['method'], rows, ' (*supervised*)')} | {100 * row['ratio']:g} % | "
+                      + " | ".join(_cell(row, m) for m in others) + " |")
     md += ["", "Aligned / conflicting test accuracy (%), mean ± std; seeds per cell; mean run time (s):", "",
            "| method | ratio | aligned | conflicting | seeds | seconds |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -260,10 +278,11 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
 
     from .evaluation.report import save_figure
 
+    main = headline_metrics(table.dataset)[0]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in table.methods:
-        pts = [(100 * r["ratio"], r["unbiased_accuracy"], r["unbiased_accuracy_std"]) for r in rows
-               if r["method"] == method and not math.isnan(r["unbiased_accuracy"])]
+        pts = [(100 * r["ratio"], r[main], r[main + "_std"]) for r in rows
+               if r["method"] == method and not math.isnan(r[main])]
         if pts:
             x, y, e = zip(*pts)
             line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=_label(method, rows))
@@ -274,7 +293,8 @@ def plot(table: Table, rows: list[dict[str, Any]], path: Path) -> None:
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks([100 * r for r in table.ratios], [f"{100 * r:g}" for r in table.ratios])
     ax.set_xlabel("bias-conflicting samples in training (%)")
-    ax.set_ylabel("unbiased test accuracy (%); x: published")
+    what = "unbiased test accuracy" if main == "unbiased_accuracy" else f"test {METRIC_NAMES.get(main, main)}"
+    ax.set_ylabel(f"{what} (%); x: published")
     ax.set_title(table.name)
     ax.legend()
     save_figure(fig, path)

@@ -25,7 +25,9 @@ ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
 VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
-DATASET_NAMES = ("cmnist", "csv")  # data.SOURCES (config.py cannot import the data package: it imports this module)
+# data.SOURCES (config.py cannot import the data package: it imports this module)
+DATASET_NAMES = ("cmnist", "csv", "urbancars", "imagenet9", "waterbirds", "celeba", "bffhq", "bar", "dogs_cats",
+                 "corrupted_cifar10", "corrupted_fmnist")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -45,6 +47,8 @@ class DataConfig:
     #   a random subset. dataset: LfF's dataset order, as the training split, which makes them the first and last
     #   images of each class, near the training split's conflicting ones in MNIST's (not random) order and easy for a
     #   model that memorised those (a leaky valid set: docs/results.md)
+    storage: str = execution("auto")  # where the images live while a run reads them: ram | mapped (memory-mapped
+    #   from the dataset cache, for data larger than memory) | auto (mapped when they would take over half the RAM)
     cache_dir: str | None = execution(None)  # where built datasets are cached (default: $DIFFDEBIAS_CACHE or
     #   ~/.cache/diffdebias)
 
@@ -60,6 +64,7 @@ class DataConfig:
         fraction(f"{name}.test_fraction", self.test_fraction, low_open=True, high_open=True)
         count(f"{name}.seed", self.seed, low=0)
         choice(f"{name}.valid_bias_order", self.valid_bias_order, VALID_BIAS_ORDERS)
+        choice(f"{name}.storage", self.storage, ("auto", "ram", "mapped"))
         if self.name == "csv" and not self.csv:
             raise ConfigError(f"{name}.name=csv needs {name}.csv (the dataset CSV), got {self.csv!r}")
         return self

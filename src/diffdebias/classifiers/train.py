@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..data.base import ImageSet
 from ..devices import accelerator, autocast
-from ..evaluation.metrics import accuracy_metrics
+from ..evaluation.metrics import accuracy_metrics, extra_bias_metrics
 from ..runs import (
     Stage,
     check_finite,
@@ -73,9 +73,14 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 204
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, data: ImageSet, num_classes: int, num_bias: int = 0, precision: str = "fp32"):
+def evaluate(model: nn.Module, data: ImageSet, num_classes: int, num_bias: int = 0, precision: str = "fp32",
+             group_weights: torch.Tensor | None = None):
+    """:func:`accuracy_metrics` of the model's predictions (``adjusted_accuracy`` given the training split's (label x
+    bias) counts ``group_weights``), and the metrics of the split's further bias attributes (UrbanCars')."""
     preds = predict_logits(model, data.images, precision=precision).argmax(1)
-    return accuracy_metrics(preds, data.labels, data.bias, num_classes, num_bias or None)
+    out = accuracy_metrics(preds, data.labels, data.bias, num_classes, num_bias or None, group_weights)
+    out.update(extra_bias_metrics(preds, data.labels, data.bias, data.extra_bias))
+    return out
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -16,12 +16,15 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..runs import claim_folder, config_hash, file_sha256, load_tensors, save_tensors, write_text
+from ..runs import claim_folder, config_hash, file_sha256, write_text
+from . import bar, bffhq, celeba, corrupted, dogs_cats, imagenet9, urbancars, waterbirds
 from .base import DatasetError, ImageSet, Splits
 from .generic import files_identity, image_root, load_csv_dataset, read_rows, resolve_files
+from .store import fits_in_memory, image_bytes, read_store, write_store
 from .validate import split_fix, validate_splits
 
-__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "dataset_key", "train_key", "cache_dir", "split_table",
+__all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "read_splits", "dataset_key", "train_key", "cache_dir",
+           "split_table",
            "validate_splits"]
 
 
@@ -106,6 +109,15 @@ class Source:
 SOURCES: dict[str, Source] = {
     "cmnist": Source(_cmnist_identity, _cmnist_build, _cmnist_train_identity),
     "csv": Source(_csv_identity, _csv_build),
+    "urbancars": Source(urbancars.identity, urbancars.build),
+    "imagenet9": Source(imagenet9.identity, imagenet9.build),
+    "waterbirds": Source(waterbirds.identity, waterbirds.build),
+    "celeba": Source(celeba.identity, celeba.build),
+    "bffhq": Source(bffhq.identity, bffhq.build),
+    "bar": Source(bar.identity, bar.build),
+    "dogs_cats": Source(dogs_cats.identity, dogs_cats.build),
+    "corrupted_cifar10": Source(*corrupted.functions("corrupted_cifar10")),
+    "corrupted_fmnist": Source(*corrupted.functions("corrupted_fmnist")),
 }
 
 
@@ -125,6 +137,9 @@ def _build(cfg: DataConfig) -> Splits:
 
 
 def _save(path: Path, splits: Splits) -> None:
+    """Every split's tensors as ``<split>.<field>``, a further bias attribute as ``<split>.extra_bias.<name>`` (its
+    names, in order, in the metadata's ``extra_bias``, present only where a split has some: a dataset without them
+    writes the bytes it always wrote)."""
     tensors, meta = {}, {"num_classes": splits.num_classes, "num_bias": splits.num_bias,
                          "class_names": splits.class_names, "name": splits.name, "paths": {}}
     for name in ("train", "valid", "test"):
@@ -135,16 +150,44 @@ def _save(path: Path, splits: Splits) -> None:
             tensors[f"{name}.bias"] = s.bias
         if s.paths is not None:
             meta["paths"][name] = s.paths
-    save_tensors(path, tensors, meta)
-    write_text(path.with_suffix(".sha256"), file_sha256(path) + "\n")
+        if s.extra_bias is not None:
+            meta.setdefault("extra_bias", {})[name] = list(s.extra_bias)
+            for attr, values in s.extra_bias.items():
+                tensors[f"{name}.extra_bias.{attr}"] = values
+    write_store(path, tensors, meta)
+    stat = path.stat()
+    write_text(path.with_suffix(".sha256"), f"{file_sha256(path)} {stat.st_size} {stat.st_mtime_ns}\n")
 
 
-def _load(path: Path, checksum: str) -> Splits:
-    tensors, meta = load_tensors(path)
+def _mapped(cfg: DataConfig, path: Path) -> bool:
+    """Whether the images stay on disk, memory-mapped (``data.storage``; auto: when they would take more than half
+    of the machine's memory)."""
+    if cfg.storage == "auto":
+        return not fits_in_memory(image_bytes(path))
+    return cfg.storage == "mapped"
+
+
+def _checksum(path: Path, recorded: str, mapped: bool) -> str | None:
+    """The cache file's sha256 if it still matches the one recorded at build time, else None. A mapped (large) file
+    whose size and modification time are those recorded is not read again: hashing 30 GB would cost a minute."""
+    sha, *stat = recorded.split()
+    now = path.stat()
+    if mapped and stat == [str(now.st_size), str(now.st_mtime_ns)]:
+        return sha
+    actual = file_sha256(path)
+    return actual if actual == sha else None
+
+
+def read_splits(path: Path, checksum: str = "", mapped: bool = False) -> Splits:
+    """The splits of a dataset cache file; ``mapped``: images memory-mapped, not read into RAM."""
+    images = {f"{name}.images" for name in ("train", "valid", "test")} if mapped else set()
+    tensors, meta = read_store(path, images)
 
     def part(name: str) -> ImageSet:
+        attrs = meta.get("extra_bias", {}).get(name)  # a cache written before extra attributes existed has none
+        extra = None if attrs is None else {a: tensors[f"{name}.extra_bias.{a}"] for a in attrs}
         return ImageSet(tensors[f"{name}.images"], tensors[f"{name}.labels"], tensors.get(f"{name}.bias"),
-                        meta["paths"].get(name))
+                        meta["paths"].get(name), extra)
 
     return Splits(part("train"), part("valid"), part("test"), meta["num_classes"], meta["num_bias"],
                   meta["class_names"], checksum, meta["name"])
@@ -187,15 +230,16 @@ def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
     path = cache_dir(cfg) / f"{cfg.name}-{key}.safetensors"
     sha_file = path.with_suffix(".sha256")
     if path.exists() and sha_file.exists() and not rebuild:
-        expected = sha_file.read_text().strip()
-        actual = file_sha256(path)
-        if actual == expected:
-            return _validate(cfg, _load(path, actual))
+        mapped = _mapped(cfg, path)
+        checksum = _checksum(path, sha_file.read_text(), mapped)
+        if checksum is not None:
+            return _validate(cfg, read_splits(path, checksum, mapped))
         log(f"cached dataset {path} fails its checksum; rebuilding")
     log(f"building dataset '{cfg.name}' into {path}")
     splits = _validate(cfg, _build(cfg))
     _save(path, splits)
-    return _load(path, sha_file.read_text().strip())
+    del splits  # the built tensors go before the cache is read back (mapped or not)
+    return read_splits(path, sha_file.read_text().split()[0], _mapped(cfg, path))
 
 
 def split_table(splits: Splits) -> str:
@@ -213,7 +257,8 @@ def split_table(splits: Splits) -> str:
 
 
 def describe(splits: Splits) -> dict:
-    """Counts per split, class and (when known) aligned/conflicting: what `diffdebias data check` prints."""
+    """Counts per split, class and (when known) aligned/conflicting, and for every further bias attribute its counts
+    per value and aligned/conflicting: what `diffdebias data check` prints."""
     out = {"name": splits.name, "num_classes": splits.num_classes, "class_names": splits.class_names,
            "image_shape": list(splits.train.images.shape[1:]), "splits": {}}
     for name in ("train", "valid", "test"):
@@ -223,5 +268,12 @@ def describe(splits: Splits) -> dict:
             known = s.bias >= 0
             info["conflicting"] = int((s.labels[known] != s.bias[known]).sum())
             info["aligned"] = int((s.labels[known] == s.bias[known]).sum())
+        for attr, values in (s.extra_bias or {}).items():
+            known = values >= 0
+            info.setdefault("extra_bias", {})[attr] = {
+                "per_value": torch.bincount(values[known]).tolist() if known.any() else [],
+                "aligned": int((s.labels[known] == values[known]).sum()),
+                "conflicting": int((s.labels[known] != values[known]).sum()),
+            }
         out["splits"][name] = info
     return out

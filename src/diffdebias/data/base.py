@@ -13,12 +13,19 @@ class DatasetError(ValueError):
 
 @dataclass
 class ImageSet:
-    """One split. ``bias`` is -1 where unknown; methods never read it, evaluation and oracles do."""
+    """One split. ``bias`` is -1 where unknown; methods never read it, evaluation and oracles do.
+
+    ``bias`` is the primary bias attribute (every method's oracle and every metric read it). A dataset whose images
+    carry more than one bias attribute (UrbanCars: background, and co-occurring object) keeps the others in
+    ``extra_bias``, by name, each an (N,) int64 tensor of the same encoding (aligned where it equals the label); only
+    evaluation reads them (:func:`~diffdebias.evaluation.metrics.extra_bias_metrics`).
+    """
 
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
     bias: torch.Tensor | None = None  # (N,) int64, or None when the dataset has no bias labels
     paths: list[str] | None = None  # source file of each image, when there is one
+    extra_bias: dict[str, torch.Tensor] | None = None  # further bias attributes by name, each (N,) int64
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -27,6 +34,10 @@ class ImageSet:
         n = len(self.images)
         if len(self.labels) != n or (self.bias is not None and len(self.bias) != n):
             raise ValueError("images, labels and bias must have the same length")
+        for name, values in (self.extra_bias or {}).items():
+            if values.ndim != 1 or len(values) != n or values.dtype != torch.int64:
+                raise ValueError(f"extra bias attribute '{name}' must be an ({n},) int64 tensor, got "
+                                 f"{values.dtype} {tuple(values.shape)}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,6 +52,7 @@ class ImageSet:
             self.labels[index],
             None if self.bias is None else self.bias[index],
             None if self.paths is None else [self.paths[i] for i in index.tolist()],
+            None if self.extra_bias is None else {k: v[index] for k, v in self.extra_bias.items()},
         )
 
     def aligned_mask(self) -> torch.Tensor:

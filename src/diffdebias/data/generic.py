@@ -12,6 +12,7 @@ import os
 import stat
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .base import DatasetError, ImageSet, Splits
 from .validate import SPLITS, split_fix, validate_splits
 
 __all__ = ["DatasetError", "load_csv_dataset", "read_rows", "resolve_files", "files_identity", "seeded_split",
-           "check_image_size", "image_root", "HASH_CONTENT_LIMIT"]
+           "check_image_size", "image_root", "load_images", "HASH_CONTENT_LIMIT"]
 
 # Listed images totalling at most this many bytes are content-hashed for the cache key; above it, size + mtime only.
 HASH_CONTENT_LIMIT = 64 << 20
@@ -72,6 +73,42 @@ def _load_image(path: Path, size: int | None, channels: int) -> np.ndarray:
             im = im.crop((left, top, left + size, top + size))
         arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_images(files: list[Path], image_size: int | None, channels: int, where_of: Callable[[int], str],
+                workers: int = 8) -> torch.Tensor:
+    """Every file as one (N, C, H, W) uint8 tensor, read on ``workers`` threads, each resized (shorter side) and
+    centre-cropped to ``image_size`` when set. ``where_of(i)`` names image ``i`` (its CSV row, its folder) in the
+    :class:`DatasetError` of an unreadable image, one over PIL's decompression-bomb limit, or one whose size differs
+    from the others' (without ``image_size``)."""
+
+    if not files:  # an empty split: validate_splits names it
+        side = image_size or 0
+        return torch.zeros((0, channels, side, side), dtype=torch.uint8)
+
+    def load(i: int) -> np.ndarray:
+        try:
+            return _load_image(files[i], image_size, channels)
+        except Image.DecompressionBombError as e:
+            raise DatasetError(f"{where_of(i)}: image {files[i]} is too large to decode safely (PIL's "
+                               f"decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS): {e}") from e
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+            raise DatasetError(f"{where_of(i)}: unreadable image {files[i]}: {e}") from e
+
+    # An image over PIL's pixel limit but under twice it only warns (those over twice it raise, reported above): it
+    # loads, and the warning must not stop the build where warnings are errors.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        arrays = list(tqdm(pool.map(load, range(len(files))), total=len(files), desc="images", leave=False))
+    shapes = Counter(a.shape for a in arrays)
+    if len(shapes) > 1:
+        common = shapes.most_common(1)[0][0]
+        odd = next(i for i, a in enumerate(arrays) if a.shape != common)
+        raise DatasetError(
+            f"{where_of(odd)}: image size {arrays[odd].shape[1:]} differs from the other images' "
+            f"{common[1:]}; set data.image_size to resize all images"
+        )
+    return torch.from_numpy(np.stack(arrays))
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -245,29 +282,7 @@ def load_csv_dataset(
         if n == 0:
             raise DatasetError(f"{where}: class '{class_names[c]}' (label {c}) has no training sample")
 
-    def load(i: int) -> np.ndarray:
-        try:
-            return _load_image(files[i], image_size, channels)
-        except Image.DecompressionBombError as e:
-            raise DatasetError(f"{where}, row {i + 2}: image {files[i]} is too large to decode safely (PIL's "
-                               f"decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS): {e}") from e
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
-            raise DatasetError(f"{where}, row {i + 2}: unreadable image {files[i]}: {e}") from e
-
-    # An image over PIL's pixel limit but under twice it only warns (those over twice it raise, reported above): it
-    # loads, and the warning must not stop the build where warnings are errors.
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        arrays = list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc="images", leave=False))
-    shapes = Counter(a.shape for a in arrays)
-    if len(shapes) > 1:
-        common = shapes.most_common(1)[0][0]
-        odd = next(i for i, a in enumerate(arrays) if a.shape != common)
-        raise DatasetError(
-            f"{where}, row {odd + 2}: image size {arrays[odd].shape[1:]} differs from the other images' "
-            f"{common[1:]}; set data.image_size to resize all images"
-        )
-    images = torch.from_numpy(np.stack(arrays))
+    images = load_images(files, image_size, channels, lambda i: f"{where}, row {i + 2}", workers)
     labels_t = torch.tensor(labels, dtype=torch.long)
     bias_t = torch.tensor(bias, dtype=torch.long) if bias is not None else None
 

@@ -35,24 +35,34 @@ class MNISTPathError(DatasetError, MNISTNotFound):
     """``data.mnist_path`` names no file or folder."""
 
 
-class _PickleArrays(pickle.Unpickler):
-    """Unpickler for the classic ``mnist.pkl.gz``: only numpy arrays and tuples may be rebuilt from it."""
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for pickled data files (the classic ``mnist.pkl.gz``, CIFAR-10's python batches): only numpy arrays
+    and what pickle builds without a global (tuples, lists, dicts, strings, bytes, numbers) may be rebuilt, so a file
+    that names any other callable (``os.system``, a class) is refused before anything runs. ``what`` names the file
+    in that error."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # bytes pickled by Python 3 with protocol 2
     }
+
+    def __init__(self, file, what: str = "mnist.pkl.gz", **kwargs):
+        super().__init__(file, **kwargs)
+        self.what = what
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             if module.startswith("numpy.core"):
                 module = module.replace("numpy.core", "numpy._core") if hasattr(np, "_core") else module
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"mnist.pkl.gz may only hold numpy arrays, found {module}.{name}")
+        raise pickle.UnpicklingError(f"{self.what} may only hold numpy arrays, found {module}.{name}")
 
 
 def _to_uint8(x: np.ndarray) -> torch.Tensor:
@@ -62,10 +72,27 @@ def _to_uint8(x: np.ndarray) -> torch.Tensor:
     )
 
 
+def read_idx(path: str | Path) -> np.ndarray:
+    """A uint8 array from an IDX file (MNIST's and Fashion-MNIST's format), gzipped when the name ends in ``.gz``:
+    two zero bytes, type 0x08 (unsigned byte), the number of dimensions, each dimension as a big-endian int32."""
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'})")
+    ndim = data[3]
+    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes), the file holds "
+                         f"{len(data) - offset} bytes of data")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+
+
 def load_pkl_gz(path: str | Path) -> GreyMNIST:
     """Read the classic 50k/10k/10k ``mnist.pkl.gz``; train + val are the 60k training images in official order."""
     with gzip.open(path, "rb") as f:
-        (xtr, ytr), (xva, yva), (xte, yte) = _PickleArrays(f, encoding="latin1").load()
+        (xtr, ytr), (xva, yva), (xte, yte) = ArrayUnpickler(f, encoding="latin1").load()
     return GreyMNIST(
         train_images=torch.cat([_to_uint8(xtr), _to_uint8(xva)]),
         train_labels=torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64)),

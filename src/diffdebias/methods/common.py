@@ -114,16 +114,31 @@ def train_stage(
     return Trained(members[0], cfg, ctx, build_model, members if cfg.ensemble > 1 else ())
 
 
+def train_group_counts(d: Splits) -> torch.Tensor | None:
+    """The real training split's (label x bias) counts: the weights of ``adjusted_accuracy``; None without bias
+    labels."""
+    from ..evaluation.metrics import group_table
+
+    if not d.train.has_bias:
+        return None
+    num_bias = max(d.num_bias, int(d.train.bias.max()) + 1)
+    return group_table(d.train.labels, d.train.labels, d.train.bias, d.num_classes, num_bias)[0]
+
+
 def evaluate_stage(ctx: Context, name: str, model: Trained, splits: tuple[str, ...] = ("valid", "test")) -> dict:
-    """Metrics of a trained classifier on the given splits, cached as a stage."""
+    """Metrics of a trained classifier on the given splits, cached as a stage. It reads the splits it scores and the
+    training split's group counts (``adjusted_accuracy``), so it is keyed by the whole dataset as well as the model
+    (a model kept at its last epoch is keyed by the training split alone)."""
     from ..classifiers.train import evaluate
 
     def compute(stage: Stage) -> None:
         d = ctx.data
+        weights = train_group_counts(d)
         write_json(stage.path("metrics.json"),
-                   {s: evaluate(model.model, d.split(s), d.num_classes, d.num_bias) for s in splits})
+                   {s: evaluate(model.model, d.split(s), d.num_classes, d.num_bias, group_weights=weights)
+                    for s in splits})
 
-    st = ctx.run.cached(name, {"splits": list(splits)}, compute, (model.key,))
+    st = ctx.run.cached(name, {"splits": list(splits), "metrics": 2}, compute, (model.key, ctx.data_key))
     return read_json(st.path("metrics.json"))
 
 
