@@ -17,6 +17,7 @@ from PIL import Image
 from diffdebias.cli import main
 from diffdebias.config import DataConfig
 from diffdebias.data import DatasetError, dataset_key, load_dataset
+from diffdebias.evaluation.metrics import HEADLINE_METRICS
 
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair Blond_Hair "
@@ -315,17 +316,22 @@ def test_identity_covers_names_and_content(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------- CLI runs
-@pytest.mark.parametrize("name", ["waterbirds", "bffhq"])
-def test_one_epoch_cli_run(tmp_path, name):
+@pytest.mark.parametrize("name", sorted(WRITERS))
+def test_one_epoch_cli_run_writes_the_benchmarks_metrics(tmp_path, name):
     root = WRITERS[name](tmp_path / name)
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": f"tiny-{name}", "method": "erm",
-        "data": {"name": name, "root": str(root), "conflict_ratio": RATIOS.get(name, 0.01)},
+        "data": {"name": name, "root": str(root), "conflict_ratio": RATIOS.get(name, 0.01), "valid_fraction": 0.4},
         "classifier": {"arch": "mlp", "epochs": 1, "batch_size": 8, "select": "last"},
     }))
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--quiet", "--set", "data.image_size=8"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["worst_group_accuracy"] <= 1.0
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    for key in HEADLINE_METRICS[name]:
+        assert 0.0 <= test[key] <= 1.0, key
+    if name == "waterbirds":  # the "average accuracy": test group accuracies weighted by the training shares
+        shares = [[WATERBIRDS["train"][2 * y + place] for place in (0, 1)] for y in (0, 1)]
+        weighted = sum(test["group_accuracy"][y][b] * shares[y][b] for y in (0, 1) for b in (0, 1))
+        assert test["adjusted_accuracy"] == pytest.approx(weighted / sum(WATERBIRDS["train"]))
+        assert test["worst_group_accuracy"] == min(min(row) for row in test["group_accuracy"])

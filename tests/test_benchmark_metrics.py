@@ -211,6 +211,11 @@ def test_urbancars_run_writes_id_accuracy_and_gaps(tmp_path, urbancars_root):
     assert "What the urbancars benchmark reports (test, %): I.D. accuracy" in report and "BG+CoObj gap" in report
 
 
+def test_imagenet9_run_scores_imagenet_a(tmp_path, imagenet_root):
+    m = _run(tmp_path, {"name": "imagenet9", "root": str(imagenet_root)}, "imagenet9")
+    assert m["test"]["size"] == sum(A_PER_CLASS.values()) and 0.0 <= m["test"]["accuracy"] <= 1.0
+
+
 def test_csv_run_writes_adjusted_accuracy(tmp_path, image_folder):
     csv, root = image_folder
     m = _run(tmp_path, {"name": "csv", "csv": str(csv), "root": str(root)}, "csv")

@@ -20,7 +20,7 @@ from ..runs import claim_folder, config_hash, file_sha256, write_text
 from . import bar, bffhq, celeba, corrupted, dogs_cats, imagenet9, urbancars, waterbirds
 from .base import DatasetError, ImageSet, Splits
 from .generic import files_identity, image_root, load_csv_dataset, read_rows, resolve_files
-from .store import fits_in_memory, image_bytes, read_store, write_store
+from .store import fits_in_memory, image_bytes, read_store, splits_layout, write_store
 from .validate import split_fix, validate_splits
 
 __all__ = ["ImageSet", "Splits", "DatasetError", "load_dataset", "read_splits", "dataset_key", "train_key", "cache_dir",
@@ -98,24 +98,39 @@ def _csv_build(cfg: DataConfig) -> Splits:
 @dataclass(frozen=True)
 class Source:
     """How one ``data.name`` becomes :class:`Splits`. ``identity`` is cheap (config fields, file sizes and times or
-    hashes) and decides whether the cached tensors still hold; ``build`` reads the files; ``train_identity``, where a
-    dataset has one, covers the training split alone (stages that read nothing else stay cached when valid changes)."""
+    hashes) and decides whether the cached tensors still hold; ``train_identity``, where a dataset has one, covers the
+    training split alone (stages that read nothing else stay cached when valid changes). The files are read by
+    ``write(cfg, path, check)``, which passes the splits (labels, paths, image shapes) through ``check`` before
+    decoding any image, then writes the cache file at ``path`` itself, its images decoded straight into it (a dataset
+    larger than memory builds), or else by ``build``, which returns the whole :class:`Splits` in memory.
+    :func:`load_dataset` uses ``write`` where a source gives it."""
 
     identity: Callable[[DataConfig], dict]
-    build: Callable[[DataConfig], Splits]
+    build: Callable[[DataConfig], Splits] | None = None
     train_identity: Callable[[DataConfig], dict] | None = None
+    write: Callable[[DataConfig, Path, Callable[[Splits], Splits]], None] | None = None
+
+    def __post_init__(self):
+        if self.build is None and self.write is None:
+            raise TypeError("a Source needs build or write")
+
+
+def _layout_source(module) -> Source:
+    """The source of a dataset in its public layout (:meth:`~.layout.Layout.source`): written into the cache file;
+    its in-memory ``build`` stays for comparison."""
+    return Source(module.identity, module.build, write=module.write)
 
 
 SOURCES: dict[str, Source] = {
     "cmnist": Source(_cmnist_identity, _cmnist_build, _cmnist_train_identity),
     "csv": Source(_csv_identity, _csv_build),
-    "urbancars": Source(urbancars.identity, urbancars.build),
-    "imagenet9": Source(imagenet9.identity, imagenet9.build),
-    "waterbirds": Source(waterbirds.identity, waterbirds.build),
-    "celeba": Source(celeba.identity, celeba.build),
-    "bffhq": Source(bffhq.identity, bffhq.build),
-    "bar": Source(bar.identity, bar.build),
-    "dogs_cats": Source(dogs_cats.identity, dogs_cats.build),
+    "urbancars": _layout_source(urbancars),
+    "imagenet9": _layout_source(imagenet9),
+    "waterbirds": _layout_source(waterbirds),
+    "celeba": _layout_source(celeba),
+    "bffhq": _layout_source(bffhq),
+    "bar": _layout_source(bar),
+    "dogs_cats": _layout_source(dogs_cats),
     "corrupted_cifar10": Source(*corrupted.functions("corrupted_cifar10")),
     "corrupted_fmnist": Source(*corrupted.functions("corrupted_fmnist")),
 }
@@ -132,29 +147,14 @@ def _identity(cfg: DataConfig) -> dict:
     return _source(cfg).identity(cfg)
 
 
-def _build(cfg: DataConfig) -> Splits:
-    return _source(cfg).build(cfg)
-
-
 def _save(path: Path, splits: Splits) -> None:
-    """Every split's tensors as ``<split>.<field>``, a further bias attribute as ``<split>.extra_bias.<name>`` (its
-    names, in order, in the metadata's ``extra_bias``, present only where a split has some: a dataset without them
-    writes the bytes it always wrote)."""
-    tensors, meta = {}, {"num_classes": splits.num_classes, "num_bias": splits.num_bias,
-                         "class_names": splits.class_names, "name": splits.name, "paths": {}}
-    for name in ("train", "valid", "test"):
-        s = splits.split(name)
-        tensors[f"{name}.images"] = s.images
-        tensors[f"{name}.labels"] = s.labels
-        if s.bias is not None:
-            tensors[f"{name}.bias"] = s.bias
-        if s.paths is not None:
-            meta["paths"][name] = s.paths
-        if s.extra_bias is not None:
-            meta.setdefault("extra_bias", {})[name] = list(s.extra_bias)
-            for attr, values in s.extra_bias.items():
-                tensors[f"{name}.extra_bias.{attr}"] = values
-    write_store(path, tensors, meta)
+    """The splits as a cache file (:func:`~.store.splits_layout`), and its checksum line."""
+    write_store(path, *splits_layout(splits))
+    _record_checksum(path)
+
+
+def _record_checksum(path: Path) -> None:
+    """``<sha256> <size> <mtime_ns>`` of the cache file, beside it: checked by :func:`_checksum` on every read."""
     stat = path.stat()
     write_text(path.with_suffix(".sha256"), f"{file_sha256(path)} {stat.st_size} {stat.st_mtime_ns}\n")
 
@@ -179,7 +179,8 @@ def _checksum(path: Path, recorded: str, mapped: bool) -> str | None:
 
 
 def read_splits(path: Path, checksum: str = "", mapped: bool = False) -> Splits:
-    """The splits of a dataset cache file; ``mapped``: images memory-mapped, not read into RAM."""
+    """The splits of a dataset cache file (laid out by :func:`~.store.splits_layout`); ``mapped``: images
+    memory-mapped, not read into RAM."""
     images = {f"{name}.images" for name in ("train", "valid", "test")} if mapped else set()
     tensors, meta = read_store(path, images)
 
@@ -236,9 +237,16 @@ def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
             return _validate(cfg, read_splits(path, checksum, mapped))
         log(f"cached dataset {path} fails its checksum; rebuilding")
     log(f"building dataset '{cfg.name}' into {path}")
-    splits = _validate(cfg, _build(cfg))
-    _save(path, splits)
-    del splits  # the built tensors go before the cache is read back (mapped or not)
+    source = _source(cfg)
+    if source.write is None:
+        splits = _validate(cfg, source.build(cfg))
+        _save(path, splits)
+        del splits  # the built tensors go before the cache is read back (mapped or not)
+        return read_splits(path, sha_file.read_text().split()[0], _mapped(cfg, path))
+    # the images go straight into the file, never all in memory; the splits are checked on their file lists first,
+    # so a bad dataset fails before hours of decoding
+    source.write(cfg, path, lambda splits: _validate(cfg, splits))
+    _record_checksum(path)
     return read_splits(path, sha_file.read_text().split()[0], _mapped(cfg, path))
 
 

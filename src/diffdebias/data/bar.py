@@ -40,4 +40,4 @@ def _scan(cfg: DataConfig) -> Scan:
     return Scan(root, parts, params={"valid_fraction": cfg.valid_fraction, "seed": cfg.seed})
 
 
-identity, build = LAYOUT.source(_scan, CLASS_NAMES, num_bias=0, version=1)
+identity, build, write = LAYOUT.source(_scan, CLASS_NAMES, num_bias=0, version=1)

@@ -33,4 +33,4 @@ def _scan(cfg: DataConfig) -> Scan:
     return Scan(root, parts, params={"ratio": ratio})
 
 
-identity, build = LAYOUT.source(_scan, CLASS_NAMES, num_bias=2, version=1)
+identity, build, write = LAYOUT.source(_scan, CLASS_NAMES, num_bias=2, version=1)

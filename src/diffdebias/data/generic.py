@@ -11,8 +11,8 @@ import hashlib
 import os
 import stat
 import warnings
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,15 +76,23 @@ def _load_image(path: Path, size: int | None, channels: int) -> np.ndarray:
 
 
 def load_images(files: list[Path], image_size: int | None, channels: int, where_of: Callable[[int], str],
-                workers: int = 8) -> torch.Tensor:
+                workers: int = 8, out: np.ndarray | None = None) -> torch.Tensor:
     """Every file as one (N, C, H, W) uint8 tensor, read on ``workers`` threads, each resized (shorter side) and
     centre-cropped to ``image_size`` when set. ``where_of(i)`` names image ``i`` (its CSV row, its folder) in the
     :class:`DatasetError` of an unreadable image, one over PIL's decompression-bomb limit, or one whose size differs
-    from the others' (without ``image_size``)."""
+    from the others' (without ``image_size``).
 
+    With ``out``, a writable (N, C, S, S) uint8 array (a region of a file mapping, say), image ``i`` is written into
+    ``out[i]`` as soon as it is decoded and nothing is stacked: at most ``2 * workers`` images are queued, each held
+    only until written, so memory does not grow with N. The images must then all be ``out``'s size. Returns ``out``
+    as a tensor."""
+    if out is not None and (out.dtype != np.uint8 or out.shape[:2] != (len(files), channels)
+                            or (image_size is not None and out.shape[2:] != (image_size, image_size))):
+        side = "S, S" if image_size is None else f"{image_size}, {image_size}"
+        raise ValueError(f"out must be a ({len(files)}, {channels}, {side}) uint8 array, got {out.dtype} {out.shape}")
     if not files:  # an empty split: validate_splits names it
         side = image_size or 0
-        return torch.zeros((0, channels, side, side), dtype=torch.uint8)
+        return torch.zeros((0, channels, side, side), dtype=torch.uint8) if out is None else torch.from_numpy(out)
 
     def load(i: int) -> np.ndarray:
         try:
@@ -95,20 +103,45 @@ def load_images(files: list[Path], image_size: int | None, channels: int, where_
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
             raise DatasetError(f"{where_of(i)}: unreadable image {files[i]}: {e}") from e
 
+    def put(i: int) -> None:
+        image = load(i)
+        if image.shape != out.shape[1:]:
+            raise _size_error(where_of(i), image.shape, out.shape[1:])
+        out[i] = image
+
     # An image over PIL's pixel limit but under twice it only warns (those over twice it raise, reported above): it
     # loads, and the warning must not stop the build where warnings are errors.
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if out is not None:
+            for _ in tqdm(_in_order(pool, put, len(files), 2 * workers), total=len(files), desc="images",
+                          leave=False):
+                pass
+            return torch.from_numpy(out)
         arrays = list(tqdm(pool.map(load, range(len(files))), total=len(files), desc="images", leave=False))
     shapes = Counter(a.shape for a in arrays)
     if len(shapes) > 1:
         common = shapes.most_common(1)[0][0]
         odd = next(i for i, a in enumerate(arrays) if a.shape != common)
-        raise DatasetError(
-            f"{where_of(odd)}: image size {arrays[odd].shape[1:]} differs from the other images' "
-            f"{common[1:]}; set data.image_size to resize all images"
-        )
+        raise _size_error(where_of(odd), arrays[odd].shape, common)
     return torch.from_numpy(np.stack(arrays))
+
+
+def _size_error(where: str, shape: tuple[int, ...], common: tuple[int, ...]) -> DatasetError:
+    return DatasetError(f"{where}: image size {shape[1:]} differs from the other images' {common[1:]}; set "
+                        f"data.image_size to resize all images")
+
+
+def _in_order(pool: ThreadPoolExecutor, fn: Callable[[int], object], n: int, ahead: int) -> Iterator[object]:
+    """``fn(0) .. fn(n - 1)`` on the pool, results in order, with at most ``ahead`` calls submitted and not yet
+    consumed (``pool.map`` submits all n at once)."""
+    pending: deque = deque()
+    for i in range(n):
+        pending.append(pool.submit(fn, i))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:

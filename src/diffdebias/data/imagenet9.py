@@ -76,4 +76,4 @@ def _scan(cfg: DataConfig) -> Scan:
 
 # The cache key covers the root, the image size, and every image of the 42 WNID folders: its path (which names its
 # class) and :func:`~.generic.files_identity`.
-identity, build = LAYOUT.source(_scan, CLASS_NAMES, num_bias=0, version=1)
+identity, build, write = LAYOUT.source(_scan, CLASS_NAMES, num_bias=0, version=1)

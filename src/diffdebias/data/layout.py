@@ -1,7 +1,8 @@
 """What the loaders of published benchmarks in their public on-disk layouts share (Waterbirds, CelebA, BFFHQ, BAR,
 Dogs & Cats): the expected tree every missing or malformed file prints, ``data.root`` and ``data.image_size`` checks,
 the ``{ratio}pct`` folders, ``<id>_<label>_<bias>.<ext>`` file names, the cache identity, and turning the listed files
-into :class:`Splits` (with :func:`~.generic.load_images`: the CSV loader's resize + centre crop, on threads).
+into :class:`Splits` or straight into the dataset cache file (with :func:`~.generic.load_images`: the CSV loader's
+resize + centre crop, on threads).
 
 Nothing downloads: the user puts the files under ``data.root``.
 """
@@ -9,6 +10,7 @@ Nothing downloads: the user puts the files under ``data.root``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +23,12 @@ from ..config import DataConfig
 from ..runs import file_sha256
 from .base import DatasetError, ImageSet, Splits
 from .generic import check_image_size, files_identity, load_images, resolve_files, seeded_split
+from .store import placeholder_images, release, write_splits
+from .validate import SPLITS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLIT_CODES = {"0": "train", "1": "valid", "2": "test"}  # Waterbirds' and CelebA's split / partition column
+CHUNK_BYTES = 32 << 20  # images decoded into the cache file between two write-backs (Layout.write)
 
 
 @dataclass(frozen=True)
@@ -184,36 +189,69 @@ class Layout:
             "version": version,
         }
 
-    def source(self, scan: Callable[[DataConfig], Scan], class_names: list[str], num_bias: int, version: int):
-        """A dataset's ``(identity, build)`` pair (see :class:`~diffdebias.data.Source`) from its ``scan``, which
-        lists (and checks) the files without reading the images."""
+    def source(self, scan: Callable[[DataConfig], Scan], class_names: list[str], num_bias: int, version: int,
+               extra: Callable[[Scan], dict[str, dict[str, torch.Tensor]]] | None = None):
+        """A dataset's ``(identity, build, write)`` (see :class:`~diffdebias.data.Source`) from its ``scan``, which
+        lists (and checks) the files without reading the images, and ``extra``, each split's further bias
+        attributes by name (UrbanCars), from the scan. ``write`` decodes the images straight into the cache file
+        (:meth:`write`): what the dataset cache uses; ``build`` holds them all in memory."""
 
         def identity(cfg: DataConfig) -> dict:
             self.image_size(cfg)
             return self.identity(cfg, scan(cfg), version)
 
-        def build(cfg: DataConfig) -> Splits:
+        def listed(cfg: DataConfig, images: bool) -> tuple[Scan, Splits]:
             size = self.image_size(cfg)
             found = scan(cfg)
-            return self.splits(found.root, found.parts, size, class_names, num_bias)
+            attrs = None if extra is None else extra(found)
+            return found, self.splits(found.root, found.parts, size, class_names, num_bias, extra=attrs, images=images)
 
-        return identity, build
+        def build(cfg: DataConfig) -> Splits:
+            return listed(cfg, images=True)[1]
+
+        def write(cfg: DataConfig, path: Path, check: Callable[[Splits], Splits] = lambda s: s) -> None:
+            scan, splits = listed(cfg, images=False)
+            self.write(path, scan, check(splits))  # checked on the file list, before any image is decoded
+
+        return identity, build, write
 
     def splits(self, root: Path, parts: dict[str, list[Item]], image_size: int, class_names: list[str],
-               num_bias: int, workers: int = 8) -> Splits:
+               num_bias: int, workers: int = 8, extra: dict[str, dict[str, torch.Tensor]] | None = None,
+               images: bool = True) -> Splits:
         """Read every image (resized and centre-cropped to ``image_size``) into :class:`Splits`; paths are kept
-        relative to ``root``."""
+        relative to ``root``; ``extra``: each split's further bias attributes. ``images=False`` reads none: every
+        split's images are a placeholder of their shape taking no memory, for :meth:`write`."""
         out = {}
-        for split in ("train", "valid", "test"):
+        for split in SPLITS:
             part = parts[split]
             rel = [str(item.path.relative_to(root)) for item in part]
-            where = [f"{self.name}: {r}" for r in rel]
-            images = load_images([item.path for item in part], image_size, 3, where.__getitem__, workers)
+            if images:
+                where = [f"{self.name}: {r}" for r in rel]
+                pixels = load_images([item.path for item in part], image_size, 3, where.__getitem__, workers)
+            else:
+                pixels = placeholder_images(len(part), 3, image_size)
             labels = torch.tensor([item.label for item in part], dtype=torch.long)
             bias = None if num_bias == 0 else torch.tensor([item.bias for item in part], dtype=torch.long)
-            out[split] = ImageSet(images, labels, bias, rel)
+            out[split] = ImageSet(pixels, labels, bias, rel, None if extra is None else extra[split])
         return Splits(out["train"], out["valid"], out["test"], len(class_names), num_bias, list(class_names),
                       name=self.name)
+
+    def write(self, path: Path, scan: Scan, splits: Splits, workers: int = 8) -> None:
+        """Write the cache file of ``splits`` (their images placeholders, :meth:`splits` with ``images=False``) at
+        ``path``, decoding the images of ``scan`` straight into it, :data:`CHUNK_BYTES` of them at a time, each
+        chunk's pages then written back and dropped (:func:`~.store.release`): memory stays at a few images per
+        worker however large the dataset."""
+
+        def fill(split: str, out: np.ndarray) -> None:
+            files = [item.path for item in scan.parts[split]]
+            where = [f"{self.name}: {r}" for r in splits.split(split).paths]
+            step = max(1, CHUNK_BYTES // max(1, math.prod(out.shape[1:])))
+            for a in range(0, len(files), step):
+                b = min(a + step, len(files))
+                load_images(files[a:b], out.shape[-1], 3, where[a:b].__getitem__, workers, out=out[a:b])
+                release(out)
+
+        write_splits(path, splits, fill)
 
 
 def by_split(items: list[Item], splits: list[str]) -> dict[str, list[Item]]:

@@ -9,15 +9,18 @@ tensor by tensor, and maps the large tensors instead of reading them. Files stay
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from ..runs import atomic_path
+from .base import Splits
+from .validate import SPLITS
 
 DTYPES = {torch.uint8: ("U8", np.uint8), torch.int64: ("I64", np.int64), torch.float32: ("F32", np.float32)}
 NUMPY = {code: np_type for code, np_type in DTYPES.values()}
@@ -67,6 +70,62 @@ def allocated_store(path: str | os.PathLike, specs: Mapping[str, tuple[torch.dty
         for a in arrays.values():
             if isinstance(a, np.memmap):
                 a.flush()
+
+
+def release(array: np.ndarray) -> None:
+    """Write the pages of the file mapping under ``array`` (an ``np.memmap`` or a view of one) back to the file and
+    drop them from this process: a builder that fills a mapped store chunk by chunk keeps neither its resident memory
+    nor the machine's dirty pages growing with the dataset. Reading them again maps them back from the file. An
+    array in ordinary memory is left alone."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, mmap.mmap):
+        base.flush()
+        if hasattr(mmap, "MADV_DONTNEED"):  # a shared file mapping: the data stays in the file and page cache
+            base.madvise(mmap.MADV_DONTNEED)
+
+
+def splits_layout(splits: Splits) -> tuple[dict[str, torch.Tensor], dict]:
+    """How :class:`Splits` lie in a dataset cache file (``data.read_splits`` reads them back): every split's tensors
+    as ``<split>.images/.labels/.bias``, a further bias attribute as ``<split>.extra_bias.<name>`` (its names, in
+    order, in the metadata's ``extra_bias``, present only where a split has some: a dataset without them writes the
+    bytes it always wrote), and the metadata (classes, bias count, name, paths)."""
+    tensors, meta = {}, {"num_classes": splits.num_classes, "num_bias": splits.num_bias,
+                         "class_names": splits.class_names, "name": splits.name, "paths": {}}
+    for name in SPLITS:
+        s = splits.split(name)
+        tensors[f"{name}.images"] = s.images
+        tensors[f"{name}.labels"] = s.labels
+        if s.bias is not None:
+            tensors[f"{name}.bias"] = s.bias
+        if s.paths is not None:
+            meta["paths"][name] = s.paths
+        if s.extra_bias is not None:
+            meta.setdefault("extra_bias", {})[name] = list(s.extra_bias)
+            for attr, values in s.extra_bias.items():
+                tensors[f"{name}.extra_bias.{attr}"] = values
+    return tensors, meta
+
+
+def placeholder_images(n: int, channels: int, side: int) -> torch.Tensor:
+    """An (n, C, S, S) uint8 tensor that takes no memory (every element is one zero byte): the images of a
+    :class:`Splits` that :func:`write_splits` fills on disk."""
+    return torch.zeros((), dtype=torch.uint8).expand(n, channels, side, side)
+
+
+def write_splits(path: str | os.PathLike, splits: Splits, fill: Callable[[str, np.ndarray], None]) -> None:
+    """Write a dataset cache file (:func:`splits_layout`) whose images never are in memory: ``splits`` gives every
+    tensor but the images, whose shapes alone count (:func:`placeholder_images`), and ``fill(split, out)`` writes each
+    split's images into ``out``, its (N, C, S, S) array mapped onto the new file. The file appears at ``path`` only
+    when every split is filled; it is byte for byte what :func:`write_store` writes of the filled splits."""
+    tensors, meta = splits_layout(splits)
+    with allocated_store(path, {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}, meta) as arrays:
+        for name, t in tensors.items():
+            if not name.endswith(".images"):
+                arrays[name][...] = t.numpy()
+        for name in SPLITS:
+            fill(name, arrays[f"{name}.images"])
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, int]:

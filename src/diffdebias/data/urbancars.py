@@ -14,13 +14,11 @@ both aligned, 190 BG-conflicting, 190 CoObj-conflicting, 10 both), val and test 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..config import DataConfig
-from .base import Splits
 from .layout import Item, Layout, Scan
 
 LAYOUT = Layout("urbancars", """
@@ -77,19 +75,13 @@ def _scan(cfg: DataConfig) -> Scan:
     return Scan(base, parts)
 
 
-def identity(cfg: DataConfig) -> dict:
-    """The root, the image size, and every image: its path (which names its three labels) and
-    :func:`~.generic.files_identity`."""
-    LAYOUT.image_size(cfg)
-    return LAYOUT.identity(cfg, _scan(cfg), version=1)
+def _co_occur(scan: Scan) -> dict[str, dict[str, torch.Tensor]]:
+    """Each split's co-occurring object of every image (from its folder's name): the extra bias attribute
+    ``co_occur_obj``."""
+    return {s: {EXTRA: torch.tensor([CO_OCCUR_OF[item.path.parent.name] for item in scan.parts[s]], dtype=torch.long)}
+            for s in SPLIT_FOLDERS}
 
 
-def build(cfg: DataConfig) -> Splits:
-    """:meth:`~.layout.Layout.splits`, with the co-occurring object of every image (from its folder's name) as the
-    extra bias attribute ``co_occur_obj``."""
-    size = LAYOUT.image_size(cfg)
-    scan = _scan(cfg)
-    splits = LAYOUT.splits(scan.root, scan.parts, size, CLASS_NAMES, num_bias=2)
-    extra = {s: {EXTRA: torch.tensor([CO_OCCUR_OF[item.path.parent.name] for item in scan.parts[s]],
-                                     dtype=torch.long)} for s in SPLIT_FOLDERS}
-    return replace(splits, **{s: replace(splits.split(s), extra_bias=extra[s]) for s in SPLIT_FOLDERS})
+# The cache key covers the root, the image size, and every image: its path (which names its three labels) and
+# :func:`~.generic.files_identity`.
+identity, build, write = LAYOUT.source(_scan, CLASS_NAMES, num_bias=2, version=1, extra=_co_occur)

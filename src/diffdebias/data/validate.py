@@ -32,7 +32,8 @@ def validate_splits(splits: Splits, where: str, fix: Callable[[str], str] | None
     or in two splits. ``fix(split)`` says how to fill an empty split."""
     for name in SPLITS:
         if len(splits.split(name)) == 0:
-            how = fix(name) if fix is not None else f"give the {name} split images"
+            how = fix(name) if fix is not None else f"give the {name} split images" + (
+                " (where it is held out of the training images, raise data.valid_fraction)" if name == "valid" else "")
             raise DatasetError(f"{where}: the {name} split is empty; {how}")
     k = splits.num_classes
     if k < 2:

@@ -42,4 +42,4 @@ def _scan(cfg: DataConfig) -> Scan:
     return Scan(root, by_split(items, splits), [meta])
 
 
-identity, build = LAYOUT.source(_scan, CLASS_NAMES, num_bias=2, version=1)
+identity, build, write = LAYOUT.source(_scan, CLASS_NAMES, num_bias=2, version=1)

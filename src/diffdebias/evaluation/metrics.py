@@ -119,6 +119,8 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "dogs_cats": ("unbiased_accuracy",),
     "imagenet9": ("accuracy",),
     "urbancars": ("id_accuracy", "bg_gap", "coobj_gap", "bg_coobj_gap"),
+    "corrupted_cifar10": ("unbiased_accuracy",),
+    "corrupted_fmnist": ("unbiased_accuracy",),
 }
 METRIC_NAMES = {
     "accuracy": "accuracy",
