@@ -335,3 +335,13 @@ def test_one_epoch_cli_run_writes_the_benchmarks_metrics(tmp_path, name):
         weighted = sum(test["group_accuracy"][y][b] * shares[y][b] for y in (0, 1) for b in (0, 1))
         assert test["adjusted_accuracy"] == pytest.approx(weighted / sum(WATERBIRDS["train"]))
         assert test["worst_group_accuracy"] == min(min(row) for row in test["group_accuracy"])
+
+
+def test_data_check_prints_counts_per_group(tmp_path, capsys):
+    root = write_waterbirds(tmp_path / "wb")
+    cfg = tmp_path / "wb.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"name": "waterbirds", "root": str(root), "image_size": 8}}))
+    assert main(["data", "check", str(cfg)]) == 0
+    train = json.loads(capsys.readouterr().out)["splits"]["train"]
+    assert train["per_group"] == [list(WATERBIRDS["train"][:2]), list(WATERBIRDS["train"][2:])]  # [y][place]
+    assert train["per_class"] == [8, 5] and train["aligned"] == 6 + 4

@@ -265,8 +265,8 @@ def split_table(splits: Splits) -> str:
 
 
 def describe(splits: Splits) -> dict:
-    """Counts per split, class and (when known) aligned/conflicting, and for every further bias attribute its counts
-    per value and aligned/conflicting: what `diffdebias data check` prints."""
+    """Counts per split, class, (label x bias) group and aligned/conflicting (when bias labels are known), and for
+    every further bias attribute its counts per value and aligned/conflicting: what `diffdebias data check` prints."""
     out = {"name": splits.name, "num_classes": splits.num_classes, "class_names": splits.class_names,
            "image_shape": list(splits.train.images.shape[1:]), "splits": {}}
     for name in ("train", "valid", "test"):
@@ -276,6 +276,10 @@ def describe(splits: Splits) -> dict:
             known = s.bias >= 0
             info["conflicting"] = int((s.labels[known] != s.bias[known]).sum())
             info["aligned"] = int((s.labels[known] == s.bias[known]).sum())
+            groups = torch.zeros(splits.num_classes, max(splits.num_bias, int(s.bias.max()) + 1), dtype=torch.long)
+            groups.index_put_((s.labels[known], s.bias[known]), torch.ones(int(known.sum()), dtype=torch.long),
+                              accumulate=True)
+            info["per_group"] = groups.tolist()  # [label][bias]: Waterbirds' 3498/184/56/1057 are its train cells
         for attr, values in (s.extra_bias or {}).items():
             known = values >= 0
             info.setdefault("extra_bias", {})[attr] = {
