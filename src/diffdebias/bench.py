@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,11 @@ def load_table(path: str | Path) -> Table:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
+    """``i/n``, or ``auto``: this process's shard from the environment (:func:`auto_shard`); no shard is ``0/1``."""
     if not text:
         return 0, 1
+    if text == "auto":
+        return auto_shard(os.environ)[0]
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError as e:
@@ -85,6 +89,29 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not 0 <= i < n:
         raise ConfigError(f"--shard must look like i/n (0 <= i < n), got '{text}'")
     return i, n
+
+
+def auto_shard(env: Mapping[str, str]) -> tuple[tuple[int, int], bool]:
+    """The shard of a Slurm array task (``SLURM_ARRAY_TASK_ID`` among ``SLURM_ARRAY_TASK_COUNT`` tasks, or from
+    ``SLURM_ARRAY_TASK_MIN``/``MAX``), else of a launcher's process (``RANK`` among ``WORLD_SIZE``), and whether it is
+    the latter: the launcher's processes then run their own cells, each alone."""
+    try:
+        if "SLURM_ARRAY_TASK_ID" in env:
+            low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            count = env.get("SLURM_ARRAY_TASK_COUNT") or int(env["SLURM_ARRAY_TASK_MAX"]) - low + 1
+            shard, source = (int(env["SLURM_ARRAY_TASK_ID"]) - low, int(count)), "SLURM_ARRAY_TASK_*"
+        elif "RANK" in env and "WORLD_SIZE" in env:
+            shard, source = (int(env["RANK"]), int(env["WORLD_SIZE"])), "RANK/WORLD_SIZE"
+        else:
+            raise ConfigError("--shard auto reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (a Slurm job array) "
+                              "or RANK and WORLD_SIZE (torchrun or another launcher), and neither is set; give "
+                              "--shard i/n instead")
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"--shard auto: cannot read the shard from the environment ({type(e).__name__}: {e})") from e
+    if not 0 <= shard[0] < shard[1]:
+        raise ConfigError(f"--shard auto: {source} gives shard {shard[0]} of {shard[1]}; a Slurm array must be a "
+                          f"range with step 1 (--array=0-N)")
+    return shard, source == "RANK/WORLD_SIZE"
 
 
 def cell_config(table: Table, method: str, ratio: float, seed: int) -> Config:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .devices import is_main, leave_launch
 from .runs import NonFiniteLossError
 
 EPILOG = """examples:
@@ -17,6 +19,7 @@ EPILOG = """examples:
   diffdebias data check --csv my_images.csv --root my_images/
   diffdebias report runs/erm-1pct
   diffdebias bench configs/tables/cmnist.yaml --shard 0/2
+  torchrun --nproc_per_node 2 -m diffdebias run configs/cmnist/ddb.yaml   (one run, two processes)
 """
 
 
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[debug],
                            help="run a methods x ratios x seeds matrix and write tables/<name>.{md,csv,tex}")
     bench.add_argument("table", help="table YAML (methods, ratios, seeds)")
-    bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n")
+    bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n, or auto: from "
+                       "a Slurm job array (SLURM_ARRAY_TASK_ID/COUNT) or a launcher (RANK/WORLD_SIZE)")
     bench.add_argument("--collect-only", action="store_true", help="only collect finished runs into tables")
 
     report = sub.add_parser("report", parents=[debug], help="(re)write report.md of a run directory")
@@ -94,16 +98,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides, seed=args.seed)
         run_dir = execute(cfg, args.out, quiet=args.quiet, stage_cache=args.stage_cache)
-        print(run_dir / "report.md")
+        if is_main():  # of several processes (torchrun), the main one
+            print(run_dir / "report.md")
         return 0
     if args.command == "bench":
-        from .bench import load_table, parse_shard, run_table, write_tables
+        from .bench import auto_shard, load_table, parse_shard, run_table, write_tables
 
         table = load_table(args.table)
         shard = parse_shard(args.shard)
+        if args.shard == "auto" and auto_shard(os.environ)[1]:  # a launcher's processes: each runs its own cells
+            leave_launch()
         if not args.collect_only:
-            run_table(table, shard)
-        print(write_tables(table))
+            run_table(table, shard, log=print if is_main() else lambda msg: None)
+        if is_main():
+            print(write_tables(table))
         return 0
     if args.command == "report":
         from .evaluation.report import write_report

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
+from datetime import timedelta
+from typing import Any
 
 import torch
 
 _ACCELERATOR = None
+_GROUP = None  # the stage protocol's process group, in a process launched as one of several
+STAGE_WAIT = timedelta(days=7)  # how long the other processes wait for a stage the main process computes alone
 
 
 def accelerator(device: str = "auto"):
@@ -17,8 +22,64 @@ def accelerator(device: str = "auto"):
 
         if device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"unknown device '{device}' (known: auto, cpu, cuda, mps)")
-        _ACCELERATOR = Accelerator(cpu=device == "cpu")
+        # on a machine without a GPU, accelerate joins the launcher's processes only when told to use the CPU
+        no_gpu = device == "auto" and launched() and not torch.cuda.is_available()
+        _ACCELERATOR = Accelerator(cpu=device == "cpu" or no_gpu)
     return _ACCELERATOR
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_group(device: str = "auto"):
+    """The group of the processes a launcher started together, made on first use (by every one of them: it is a
+    collective) after the process's Accelerator, which joins them; None in a single process. It is a gloo group
+    whatever the accelerator's backend, so the processes exchange decisions on the CPU, and its timeout is
+    :data:`STAGE_WAIT`: the others wait there while the main process computes a stage alone, possibly for hours."""
+    global _GROUP
+    if _GROUP is None and launched():
+        import torch.distributed as dist
+
+        accelerator(device)
+        _GROUP = dist.new_group(backend="gloo", timeout=STAGE_WAIT)
+    return _GROUP
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's files and prints: the only one, or the launcher's rank 0."""
+    return not launched() or int(os.environ.get("RANK", "0")) == 0
+
+
+def leave_launch() -> None:
+    """Make this process one of several independent ones (bench shards a launcher started): without the launcher's
+    variables, accelerate runs it as a single process, on the GPU of its local rank where there are GPUs."""
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(var, None)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local % torch.cuda.device_count())
+
+
+def share(obj: Any) -> Any:
+    """The main process's ``obj``, on every process of the group (``obj`` itself in a single process)."""
+    if _GROUP is None:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_GROUP)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every process of the group gets here (nothing in a single process)."""
+    if _GROUP is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group=_GROUP)
 
 
 def reset_accelerator() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import Config, dump_yaml, key_dict
 from .data import describe, split_table
+from .devices import process_group
 from .evaluation.report import write_report
 from .methods import Context, get_method
 from .methods.common import evaluate_stage, record
@@ -23,10 +24,15 @@ def default_out(cfg: Config) -> Path:
 def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
             stage_cache: str | Path | None = None) -> Path:
     """Run (or resume, or skip) every stage of ``cfg`` in ``out``; return the run directory. With ``stage_cache``,
-    stages live in that shared folder, so runs that share a stage (same config and inputs) compute it once."""
+    stages live in that shared folder, so runs that share a stage (same config and inputs) compute it once.
+
+    Launched as several processes (torchrun, accelerate launch), they run the stages together (see
+    :meth:`~diffdebias.runs.Run.cached`) and the main process alone writes the run's files."""
     t0 = time.time()
+    process_group(cfg.device)  # joins the launcher's processes before the first stage; nothing in a single process
     run = Run(out or default_out(cfg), cfg.seed, quiet=quiet, stage_cache=stage_cache)
-    write_text(run.root / "config.yaml", dump_yaml(cfg))
+    if run.main:
+        write_text(run.root / "config.yaml", dump_yaml(cfg))
     method = get_method(cfg.method)
     ctx = Context(cfg, run)
 
@@ -42,6 +48,8 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
     if len(final.members) > 1:  # the ensemble's members one by one, beside the ensemble
         record(ctx, "members", [evaluate_stage(ctx, f"evaluation_m{k}", part, SPLITS)
                                 for k, part in enumerate(final.parts)])
+    if not run.main:
+        return run.root
     summary = {
         "method": cfg.method,
         "name": cfg.name,

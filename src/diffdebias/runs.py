@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ except ImportError:  # Windows: no advisory locks; shards must not share a stage
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .devices import barrier, is_main, process_group, share
 
 RUN_MARKER = ".diffdebias-run"  # in every run directory the toolkit made: it may write and delete stages there
 
@@ -336,11 +338,14 @@ class Run:
                  stage_cache: str | os.PathLike | None = None):
         self.root = Path(root)
         self.seed = seed
-        self.quiet = quiet
+        process_group()  # launched as several processes: they join before the first stage
+        self.main = is_main()  # of several processes, only the main one logs and writes markers
+        self.quiet = quiet or not self.main
         self.stage_cache = Path(stage_cache) if stage_cache else None
-        claim_folder(self.root, "run directory (--out)", RUN_MARKER)
-        if self.stage_cache is not None:
-            claim_folder(self.stage_cache, "stage cache (--stage-cache)")
+        if self.main:
+            claim_folder(self.root, "run directory (--out)", RUN_MARKER)
+            if self.stage_cache is not None:
+                claim_folder(self.stage_cache, "stage cache (--stage-cache)")
         self.events: list[dict[str, Any]] = []
 
     def log(self, msg: str) -> None:
@@ -382,25 +387,36 @@ class Run:
                                      f"not replace it; move it away or choose another run directory (--out)")
             local.rmdir()
 
-    def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = ()) -> Stage:
+    def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = (),
+               distributed: bool = False) -> Stage:
         """Run ``compute(stage)`` unless the stage is already done for this config and these inputs. A process that
-        finds another one computing the same stage waits for it instead of computing it twice."""
+        finds another one computing the same stage waits for it instead of computing it twice.
+
+        Of several processes launched together (torchrun, accelerate launch), every one calls this for every stage,
+        in the same order. The main process alone takes the lock, decides to skip or (re)start the stage and writes
+        its markers; the others learn its decision. A ``distributed`` stage (``compute`` splits its work across the
+        processes) computes on all of them, any other on the main process while the others wait."""
         st = self.stage(name, config, inputs)
-        lock = st.dir.parent / f".{st.dir.name}.lock"
-        with exclusive(lock, on_wait=lambda: self.log(f"stage {name}: another process is computing it, waiting")):
-            if st.done:
+        lock = exclusive(st.dir.parent / f".{st.dir.name}.lock",
+                         on_wait=lambda: self.log(f"stage {name}: another process is computing it, waiting"))
+        with lock if self.main else nullcontext():
+            skip = self.main and st.done
+            if skip:
                 self._link(st)
                 self.log(f"stage {name}: done, skipped")
+            elif self.main:
+                self._start(st)
+            skip, st.dir = share((skip, st.dir))
+            if skip:
                 self.events.append({"stage": name, "skipped": True})
                 return st
-            if st.dir == self.root / name and st.dir.is_symlink():  # linked by a run with --stage-cache
-                self._clear(st.dir, name)
-            st.prepare()
-            self._link(st)
-            resumed = f" (resuming; {st.earlier_seconds:.0f} s spent before)" if st.earlier_seconds else ""
-            self.log(f"stage {name}: running{resumed}")
-            compute(st)
-            st.finish()
+            if self.main or distributed:
+                compute(st)
+            if self.main:
+                st.finish()
+            barrier()
+        if not self.main:
+            return st
         seconds = st.seconds
         self.events.append({"stage": name, "skipped": False, "seconds": seconds})
         timings = self.root / "timings.json"
@@ -409,6 +425,15 @@ class Run:
         write_json(timings, record)
         self.log(f"stage {name}: finished in {seconds:.1f} s")
         return st
+
+    def _start(self, st: Stage) -> None:
+        """Make the stage's folder ready to compute in (afresh, or resuming what an earlier process left)."""
+        if st.dir == self.root / st.name and st.dir.is_symlink():  # linked by a run with --stage-cache
+            self._clear(st.dir, st.name)
+        st.prepare()
+        self._link(st)
+        resumed = f" (resuming; {st.earlier_seconds:.0f} s spent before)" if st.earlier_seconds else ""
+        self.log(f"stage {st.name}: running{resumed}")
 
 
 def claim_folder(path: Path, what: str, marker: str | None = None) -> None:

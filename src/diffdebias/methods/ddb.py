@@ -140,7 +140,8 @@ def run_ddb(ctx: Context) -> Trained:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", erm)
     if cfg.data.name == "cmnist":
         metrics["amplification"] = amplification_stage(ctx, syn)
-    ctx.extras["report_sections"] = ddb_report(ctx, scores, syn, metrics)
+    if ctx.run.main:  # of several processes, the main one writes the run's figures
+        ctx.extras["report_sections"] = ddb_report(ctx, scores, syn, metrics)
     return final
 
 

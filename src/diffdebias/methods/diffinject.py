@@ -455,7 +455,8 @@ def run_diffinject(ctx: Context) -> Trained:
                   **black_key(di), **keep_key(di)}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
                                                                (inj.key,), shaped or None)
-    ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep)
+    if ctx.run.main:  # of several processes, the main one writes the run's figures
+        ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep)
     return final
 
 

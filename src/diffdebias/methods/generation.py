@@ -6,7 +6,7 @@ import torch
 
 from ..config import key_dict
 from ..data.base import ImageSet
-from ..devices import accelerator
+from ..devices import accelerator, share
 from ..diffusion import DiffusionConfig, SamplingConfig
 from ..runs import Stage, load_resumable, load_tensors, save_tensors
 from .common import Context
@@ -17,7 +17,8 @@ SYNTHETIC = "synthetic.safetensors"
 
 def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSet, num_classes: int | None,
                     inputs: tuple[str, ...]) -> Stage:
-    """Train a U-Net on ``data`` (class-conditional when ``num_classes`` is given); resumes from its checkpoint."""
+    """Train a U-Net on ``data`` (class-conditional when ``num_classes`` is given); resumes from its checkpoint. Of
+    several processes, each trains on its share of every batch (accelerate's data parallelism)."""
     cfg.validate()
 
     def compute(stage: Stage) -> None:
@@ -34,44 +35,47 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
             model = build_unet(cfg.preset, s, images.shape[1], num_classes)
         train_diffusion(stage, model, images, data.labels, cfg, accelerator=acc)
 
-    return ctx.run.cached(name, key_dict(cfg), compute, inputs)
+    return ctx.run.cached(name, key_dict(cfg), compute, inputs, distributed=True)
 
 
 def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConfig, dcfg: DiffusionConfig,
                     num_classes: int, image_size: int, chunk: int = 1000) -> Stage:
     """``cfg.per_class`` images per class at ``image_size`` px (the data's; a model trained smaller is sampled at its
     own size and resized), sampled in chunks that are saved as they finish (a killed run loses at most one chunk).
-    Images depend only on their per-image seeds, so chunking does not change them."""
+    Images depend only on their per-image seeds (in fp32; bf16 rounds a little differently in other batches), so
+    neither chunking nor sharing a chunk between several processes (each samples its part, the main one writes)
+    changes them."""
     cfg.validate()
 
     def compute(stage: Stage) -> None:
-        from ..diffusion import load_unet, sample, write_synthetic_dataset
-        from ..diffusion.sampling import class_labels, draw_seeds, resize
+        from ..diffusion import load_unet, write_synthetic_dataset
+        from ..diffusion.sampling import class_labels, draw_seeds, resize, sample_sharded
 
         acc = accelerator(ctx.cfg.device)
         model = load_unet(diffusion.path(UNET))
         labels = class_labels(num_classes, cfg.per_class)
         seeds = draw_seeds(stage.generator("seeds"), len(labels))
-        parts = []
-        for k, start in enumerate(range(0, len(labels), chunk)):
-            path = stage.path(f"chunk_{k:04d}.safetensors")
-            done = load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log)
-            if done is not None:
-                parts.append(done)
-                continue
+        starts = range(0, len(labels), chunk)
+        paths = [stage.path(f"chunk_{k:04d}.safetensors") for k in range(len(starts))]
+        parts = [load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log) if ctx.run.main else None
+                 for path in paths]
+        for k in share([k for k, part in enumerate(parts) if part is None]):  # the main process's to-do list
+            start = starts[k]
             stage.log(f"{stage.name}: images {start}-{min(start + chunk, len(labels))} of {len(labels)}")
-            images = resize(sample(model, cfg, dcfg, labels[start : start + chunk], None, acc.device,
-                                   seeds=seeds[start : start + chunk]), image_size)
-            save_tensors(path, {"images": images})
-            stage.checkpointed()
-            parts.append(images)
+            images = sample_sharded(model, cfg, dcfg, labels[start : start + chunk], seeds[start : start + chunk], acc)
+            if ctx.run.main:
+                parts[k] = resize(images, image_size)
+                save_tensors(paths[k], {"images": parts[k]})
+                stage.checkpointed()
+        if not ctx.run.main:
+            return
         images = torch.cat(parts)
         save_tensors(stage.path(SYNTHETIC), {"images": images, "labels": labels, "seeds": seeds})
         write_synthetic_dataset(stage.path("images"), images, labels, seeds)
-        for k in range(len(parts)):
-            stage.path(f"chunk_{k:04d}.safetensors").unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
 
-    return ctx.run.cached(name, key_dict(cfg), compute, (diffusion.key,))
+    return ctx.run.cached(name, key_dict(cfg), compute, (diffusion.key,), distributed=True)
 
 
 def load_synthetic(stage: Stage) -> ImageSet:
