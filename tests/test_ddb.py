@@ -38,6 +38,8 @@ def test_ddb_end_to_end_both_recipes_share_stages(tmp_path, fake_mnist, capsys):
     assert m["amplification"]["synthetic_images"] == 60
     report = (out / "report.md").read_text()
     assert "Bias-conflicting detection" in report and (out / "figures" / "amplifier_losses.png").exists()
+    assert "sample_weights" not in json.loads((out / "classifier" / "history.json").read_text())[0]
+    assert "Sample weights W" not in report
     ranked = (out / "gallery" / "ranked.csv").read_text().splitlines()
     assert len(ranked) == 1 + 1350
     assert (out / "synthetic" / "images" / "synthetic.csv").exists()
@@ -50,6 +52,12 @@ def test_ddb_end_to_end_both_recipes_share_stages(tmp_path, fake_mnist, capsys):
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["detection"] == m["detection"]  # same amplifier, same scores
     assert m2["test"] != m["test"]
+    # Recipe II records its sample weights per true bias group every epoch (Recipe I has none), and the report
+    # shows them
+    history = json.loads((out / "classifier" / "history.json").read_text())
+    assert len(history) == 2 and all(h["sample_weights"]["conflicting_count"] > 0 for h in history)
+    assert "## Sample weights W per true bias group" in (out / "report.md").read_text()
+    assert (out / "figures" / "sample_weights.png").exists()
 
 
 def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsys):

@@ -19,7 +19,7 @@ from ..runs import derive_seed
 from .losses import cross_entropy, gce
 from .models import build_classifier
 from .train import ModelFactory, default_factory, make_optimizer
-from .weighting import Batch, RelativeDifficulty, Weighting
+from .weighting import Batch, DifficultyWeighting, RelativeDifficulty, Weighting
 
 # ------------------------------------------------------------------------------------------------- LfF's weights
 
@@ -29,7 +29,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values[mask].mean() if bool(mask.any()) else values.sum() * 0.0
 
 
-class LfFJoint(Weighting):
+class LfFJoint(DifficultyWeighting):
     """Learning from Failure: the target f_D is weighted by ``W = L_B / (L_B + L_D)`` while f_B trains beside it.
 
     f_B is a fresh copy of the target architecture with its own optimizer (same settings as the target's, LfF's two
@@ -192,7 +192,7 @@ def disent_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, i
     return DisEntModel(cfg.arch, num_classes, tuple(image_shape), cfg.pretrained, cfg.input_scale)
 
 
-class DisEnt(Weighting):
+class DisEnt(DifficultyWeighting):
     """DisEnt (Lee et al. 2021, ``learner.py::train_ours``) on the loop's intrinsic logits.
 
     With W from LfF's EMAs of CE(C_i([z_i, z_b.detach()])) and CE(C_b([z_i.detach(), z_b])):

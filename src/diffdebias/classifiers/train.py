@@ -33,7 +33,7 @@ from ..runs import (
 )
 from .losses import per_sample_loss
 from .models import build_classifier
-from .weighting import Batch, Weighting
+from .weighting import Batch, Weighting, sample_weight_record
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
@@ -192,6 +192,11 @@ def train_classifier(
             "train_accuracy": correct / max(seen, 1),
             "seconds": time.time() - t0,
         }
+        weights = weighting.sample_weights() if train.has_bias else None
+        if weights is not None:
+            # the true bias labels of the training split, read only for this diagnostic record (after the epoch's
+            # last step, from copies the weighting keeps); nothing in training reads them or this record
+            record["sample_weights"] = sample_weight_record(weights, train.aligned_mask())
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.eval_every == 0 or last:
             if valid is not None and len(valid):

@@ -42,6 +42,11 @@ class Weighting:
         """Multiplier of the configured learning rate at this step (a schedule a method needs, e.g. DisEnt's)."""
         return 1.0
 
+    def sample_weights(self) -> dict[str, torch.Tensor] | None:
+        """Per-sample weights of the whole training set, for the epoch's diagnostic record (see
+        :meth:`RelativeDifficulty.sample_weights`); None for a weighting without any."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -179,6 +184,9 @@ class RelativeDifficulty:
         self.ema_b = PerSampleEMA(len(labels), a)
         self.ema_d = PerSampleEMA(len(labels), a)
         self.normalize = normalize
+        n = len(labels)  # diagnostics only, see keep()
+        self.weight, self.norm_b, self.norm_d = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+        self.kept = torch.zeros(n, dtype=torch.bool)
 
     def __call__(self, index: torch.Tensor, loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
@@ -187,7 +195,23 @@ class RelativeDifficulty:
         if self.normalize:
             lb = class_max_normalize(lb, index, self.ema_b.value, self.labels)
             ld = class_max_normalize(ld, index, self.ema_d.value, self.labels)
-        return relative_difficulty(lb, ld)
+        w = relative_difficulty(lb, ld)
+        self.keep(index, lb, ld, w)
+        return w
+
+    def keep(self, index: torch.Tensor, loss_b: torch.Tensor, loss_d: torch.Tensor, weight: torch.Tensor) -> None:
+        """Copies, per sample, of the last W and the two normalised losses that formed it, for the diagnostic record
+        alone: nothing in training reads them, and they draw no random number."""
+        self.weight[index], self.norm_b[index], self.norm_d[index] = weight, loss_b, loss_d
+        self.kept[index] = True
+
+    def sample_weights(self) -> dict[str, torch.Tensor]:
+        """Every training sample's W as it last multiplied the sample's loss (after the EMA and the class-wise max
+        normalisation of that batch), the normalised ``loss_b`` / ``loss_d`` that formed it, the EMAs before
+        normalisation (``loss_b_ema`` / ``loss_d_ema``: a sample's EMA changes only when it is visited, so these are
+        the values of its last visit), and ``kept`` (visited at least once)."""
+        return {"weight": self.weight, "loss_b": self.norm_b, "loss_d": self.norm_d, "loss_b_ema": self.ema_b.value,
+                "loss_d_ema": self.ema_d.value, "kept": self.kept}
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema_b": self.ema_b.value, "seen_b": self.ema_b.seen, "ema_d": self.ema_d.value,
@@ -199,7 +223,42 @@ class RelativeDifficulty:
             self.ema_d.value, self.ema_d.seen = state["ema_d"].float(), state["seen_d"].bool()
 
 
-class FixedBiasLossWeights(Weighting):
+SAMPLE_WEIGHT_LOSSES = ("loss_b", "loss_d", "loss_b_ema", "loss_d_ema")
+
+
+def sample_weight_record(values: dict[str, torch.Tensor], aligned: torch.Tensor) -> dict[str, float | int]:
+    """Summary of per-sample weights (:meth:`RelativeDifficulty.sample_weights`) over the bias-aligned and the
+    bias-conflicting samples (``aligned``, over the whole training set): for each group its count, mean, median,
+    10th and 90th percentile of W (linear interpolation), and the mean of each loss of :data:`SAMPLE_WEIGHT_LOSSES`;
+    and ``ratio`` = mean W conflicting / mean W aligned, the effective upweighting (where both groups are present).
+    Samples never visited yet are left out."""
+    kept = values["kept"]
+    out: dict[str, float | int] = {}
+    means = {}
+    for group, mask in (("aligned", aligned & kept), ("conflicting", ~aligned & kept)):
+        out[f"{group}_count"] = int(mask.sum())
+        if not mask.any():
+            continue
+        w = values["weight"][mask].double()
+        p10, p50, p90 = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], dtype=torch.double)).tolist()
+        means[group] = float(w.mean())
+        out.update({f"{group}_mean": means[group], f"{group}_median": p50, f"{group}_p10": p10, f"{group}_p90": p90})
+        out.update({f"{group}_{k}": float(values[k][mask].double().mean()) for k in SAMPLE_WEIGHT_LOSSES})
+    if len(means) == 2 and means["aligned"] > 0:
+        out["ratio"] = means["conflicting"] / means["aligned"]
+    return out
+
+
+class DifficultyWeighting(Weighting):
+    """A weighting whose per-sample W comes from a :class:`RelativeDifficulty` (LfF, DDB Recipe II, DisEnt)."""
+
+    difficulty: RelativeDifficulty
+
+    def sample_weights(self) -> dict[str, torch.Tensor]:
+        return self.difficulty.sample_weights()
+
+
+class FixedBiasLossWeights(DifficultyWeighting):
     """LfF-style weights against a frozen biased model's per-sample losses (DDB Recipe II).
 
     LfF's :class:`RelativeDifficulty` with the biased loss fixed: its EMA buffer starts full (an EMA of a constant is

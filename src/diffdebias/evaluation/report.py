@@ -79,6 +79,53 @@ def curves_figure(history: list[dict[str, Any]], path: Path, title: str) -> bool
     return True
 
 
+def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[str]:
+    """Report lines and figure for an LfF-style weighting's per-epoch ``sample_weights`` record (training history):
+    mean W of the bias-aligned and bias-conflicting training samples, their 10-90th percentile band, and the ratio
+    of the means; nothing when the history has no such record (another method, or no bias labels)."""
+    rows = [h for h in history if "ratio" in h.get("sample_weights", {})]
+    if not rows:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    epochs = [h["epoch"] + 1 for h in rows]
+    sw = [h["sample_weights"] for h in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for group in ("aligned", "conflicting"):
+        line = a.plot(epochs, [s[f"{group}_mean"] for s in sw], marker=".", label=f"{group} (mean)")[0]
+        a.fill_between(epochs, [s[f"{group}_p10"] for s in sw], [s[f"{group}_p90"] for s in sw],
+                       color=line.get_color(), alpha=0.2, label=f"{group} (10-90th pct)")
+    a.set_yscale("log")
+    a.set_xlabel("epoch")
+    a.set_ylabel("per-sample weight W")
+    a.legend(fontsize=8)
+    b.plot(epochs, [s["ratio"] for s in sw], marker=".", color="black", label="mean W conflicting / aligned")
+    b.axhline(1.0, color="grey", linestyle=":", label="no upweighting")
+    b.set_yscale("log")
+    b.set_xlabel("epoch")
+    b.set_ylabel("effective upweighting")
+    b.legend(fontsize=8)
+    for ax in (a, b):  # plain numbers; minor ticks labelled only when the axis spans less than a decade
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, narrow=high < 10 * low: f"{v:.2g}" if narrow else ""))
+    fig.suptitle("LfF-style sample weights on the training set (true bias groups)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    s = sw[-1]
+    return ["## Sample weights W per true bias group", "",
+            f"Last epoch ({epochs[-1]}): mean W conflicting {s['conflicting_mean']:.4g} / aligned "
+            f"{s['aligned_mean']:.4g} = **{s['ratio']:.3g}x** effective upweighting. Class-max normalised losses "
+            f"that form W: L_b (biased model or amplifier) conflicting {s['conflicting_loss_b']:.3g}, aligned "
+            f"{s['aligned_loss_b']:.3g}; L_d (target) conflicting {s['conflicting_loss_d']:.3g}, aligned "
+            f"{s['aligned_loss_d']:.3g}. The training never reads the bias labels: they only split this record.", "",
+            f"![sample weights](figures/{path.name})", ""]
+
+
 def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
     test = metrics.get("test", {})
     if "group_accuracy" not in test:
@@ -138,9 +185,10 @@ def write_report(run_dir: str | Path, sections: list[str] = ()) -> Path:
     out += list(sections)
     final = metrics.get("final_stage")
     history_file = run_dir / str(final) / "history.json"
-    if final and history_file.exists() and curves_figure(read_json(history_file), figures / "curves.png",
-                                                          f"{final} training"):
+    history = read_json(history_file) if final and history_file.exists() else []
+    if curves_figure(history, figures / "curves.png", f"{final} training"):
         out += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
+    out += sample_weights_section(history, figures / "sample_weights.png")
     if groups_figure(metrics, figures / "groups.png"):
         out += ["## Accuracy per (label, bias) cell", "", "![group accuracy](figures/groups.png)", ""]
     seconds = metrics.get("stage_seconds", {})
