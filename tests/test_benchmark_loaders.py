@@ -328,6 +328,8 @@ def test_one_epoch_cli_run_writes_the_benchmarks_metrics(tmp_path, name):
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--quiet", "--set", "data.image_size=8"]) == 0
     test = json.loads((out / "metrics.json").read_text())["test"]
+    d = load(name, root, valid_fraction=0.4)  # the run's split of every image is saved, a seeded one included
+    assert (out / "data" / "split.csv").read_text().count("\n") == 1 + len(d.train) + len(d.valid) + len(d.test)
     for key in HEADLINE_METRICS[name]:
         assert 0.0 <= test[key] <= 1.0, key
     if name == "waterbirds":  # the "average accuracy": test group accuracies weighted by the training shares

@@ -38,7 +38,7 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
 
     def summarise(stage: Stage) -> None:
         write_json(stage.path("summary.json"), describe(ctx.data))
-        if cfg.data.name == "csv":
+        if ctx.data.train.paths is not None:  # datasets read from files (a seeded split, e.g. BAR's valid, is kept)
             write_text(stage.path("split.csv"), split_table(ctx.data))
 
     run.cached("data", key_dict(cfg.data), summarise, (ctx.data_key,))
