@@ -143,10 +143,10 @@ def test_selection_on_valid_groups_from_an_early_erm_models_errors(tmp_path, fak
 
 
 def _spy(cached, log):
-    def wrapper(self, name, config, compute, inputs=()):
+    def wrapper(self, name, config, compute, inputs=(), **kwargs):
         st = self.stage(name, config, inputs)
         log.append((name, st.done))
-        return cached(self, name, config, compute, inputs)
+        return cached(self, name, config, compute, inputs, **kwargs)
 
     return wrapper
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import ConfigError, load_config
 from .devices import is_main, leave_launch
 from .runs import NonFiniteLossError
+from .threads import fair_threads
 
 EPILOG = """examples:
   diffdebias run configs/cmnist/erm.yaml --seed 1 --set data.conflict_ratio=0.01 --out runs/erm-1pct
@@ -97,6 +98,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .pipeline import execute
 
         cfg = load_config(args.config, args.overrides, seed=args.seed)
+        fair_threads(log=None if args.quiet or not is_main() else lambda msg: print(msg, file=sys.stderr))
         run_dir = execute(cfg, args.out, quiet=args.quiet, stage_cache=args.stage_cache)
         if is_main():  # of several processes (torchrun), the main one
             print(run_dir / "report.md")
@@ -109,6 +111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.shard == "auto" and auto_shard(os.environ)[1]:  # a launcher's processes: each runs its own cells
             leave_launch()
         if not args.collect_only:
+            fair_threads(log=print if is_main() else None)
             run_table(table, shard, log=print if is_main() else lambda msg: None)
         if is_main():
             print(write_tables(table))

@@ -82,6 +82,45 @@ def barrier() -> None:
         dist.barrier(group=_GROUP)
 
 
+def shard_sizes(n: int, procs: int) -> list[int]:
+    """Sizes of ``procs`` contiguous parts of ``n`` items, the first ones one larger where ``n`` does not divide."""
+    return [n // procs + (r < n % procs) for r in range(procs)]
+
+
+def my_part(n: int) -> slice:
+    """This process's contiguous part of ``n`` items among the processes of the accelerator (all of them in one)."""
+    acc = accelerator()
+    sizes = shard_sizes(n, acc.num_processes)
+    lo = sum(sizes[: acc.process_index])
+    return slice(lo, lo + sizes[acc.process_index])
+
+
+def gather_parts(part: torch.Tensor, n: int) -> torch.Tensor:
+    """Every process's :func:`my_part` of an ``n``-row tensor, concatenated in rank order (detached; ``part``
+    itself in one process). Parts may differ in size by one row: they are padded for the collective."""
+    acc = accelerator()
+    if acc.num_processes == 1:
+        return part.detach()
+    import torch.distributed as dist
+
+    sizes = shard_sizes(n, acc.num_processes)
+    padded = part.detach().new_zeros((sizes[0], *part.shape[1:]), device=acc.device)  # NCCL gathers on the GPU
+    padded[: len(part)] = part.detach()
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:k] for o, k in zip(out, sizes)]).to(part.device)
+
+
+def with_parts_gathered(part: torch.Tensor, n: int) -> torch.Tensor:
+    """The whole ``n``-row tensor that the processes computed in parts, with this process's own part still in the
+    autograd graph: a loss of the whole batch computed from it is the same number on every process, and its gradient
+    reaches this process's parameters through this process's samples only (data parallelism sums the rest)."""
+    if accelerator().num_processes == 1:
+        return part
+    whole, mine = gather_parts(part, n), my_part(n)
+    return torch.cat([whole[: mine.start], part, whole[mine.stop :]])
+
+
 def reset_accelerator() -> None:
     """Forget the process's Accelerator (tests that need a fresh one)."""
     global _ACCELERATOR

@@ -252,6 +252,20 @@ def load_resumable(path: Path, load: Callable[[Path], Any], log: Callable[[str],
         return None
 
 
+def load_resumable_shared(path: Path, load: Callable[[Path], Any], log: Callable[[str], None] = print,
+                          everywhere: bool = True) -> Any:
+    """:func:`load_resumable` in a stage that every process computes (``everywhere``): the main process reads first
+    and alone sets a broken file aside; the others then read the same file only if it could, and all go on together
+    (nobody writes the next checkpoint before everyone has read this one). Otherwise plain :func:`load_resumable`."""
+    if not everywhere or process_group() is None:
+        return load_resumable(path, load, log)
+    state = load_resumable(path, load, log) if is_main() else None
+    if share(state is not None) and not is_main():
+        state = load(path)
+    barrier()
+    return state
+
+
 def check_finite(value: float, stage: Stage, where: str, hint: str) -> None:
     """Stop a stage whose loss is NaN or infinite instead of saving broken weights as a result."""
     if not math.isfinite(value):

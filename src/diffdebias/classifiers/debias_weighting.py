@@ -205,6 +205,8 @@ class DisEnt(DifficultyWeighting):
     (after the permutation for the swap term), as in BiasEnsemble's ``train_disent_be``.
     """
 
+    distributable = False  # it reads the target model's features of the whole batch
+
     def __init__(self, labels: torch.Tensor, lambda_dis_align: float = 10.0, lambda_swap_align: float = 10.0,
                  lambda_swap: float = 1.0, curr_step: int = 10000, lr_decay: bool = True, lr_decay_step: int = 10000,
                  lr_gamma: float = 0.5, alpha: float = 0.7, q: float = 0.7, ema: bool = True, normalize: bool = True,

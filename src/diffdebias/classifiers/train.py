@@ -3,6 +3,9 @@
 Data are in-memory uint8 tensors indexed per batch (no DataLoader, no per-sample Python work). Each epoch draws its
 order and augmentation from a generator seeded by (run seed, stage, epoch), so a resumed run continues exactly where
 an uninterrupted one would be. A checkpoint is written after every evaluation, atomically.
+
+Several processes launched together can train one classifier (``parallel``): the same global batch as one process,
+each process computing a contiguous part of it on a DDP copy of the model (see :func:`train_classifier`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.base import ImageSet
-from ..devices import accelerator, autocast
+from ..devices import accelerator, autocast, gather_parts, my_part, with_parts_gathered
 from ..evaluation.metrics import accuracy_metrics, extra_bias_metrics
 from ..runs import (
     Stage,
     check_finite,
-    load_resumable,
+    load_resumable_shared,
     load_state,
     load_tensors,
     read_json,
@@ -60,24 +63,28 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2048, precision: str = "fp32"):
-    """Logits of every image, in order, on the CPU."""
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 2048, precision: str = "fp32",
+                   parallel: bool = False):
+    """Logits of every image, in order, on the CPU. ``parallel`` (called by every process launched together): each
+    process predicts its part of the images and all of them get the gathered whole."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    part = my_part(len(images)) if parallel else slice(0, len(images))
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in range(part.start, part.stop, batch_size):
         with autocast(device, precision):
-            out.append(model(to_float(images[start : start + batch_size], device)).float().cpu())
+            out.append(model(to_float(images[start : min(start + batch_size, part.stop)], device)).float())
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    logits = torch.cat(out) if out else torch.empty(0, device=device)
+    return (gather_parts(logits, len(images)) if parallel else logits).cpu()
 
 
 def evaluate(model: nn.Module, data: ImageSet, num_classes: int, num_bias: int = 0, precision: str = "fp32",
-             group_weights: torch.Tensor | None = None):
+             group_weights: torch.Tensor | None = None, parallel: bool = False):
     """:func:`accuracy_metrics` of the model's predictions (``adjusted_accuracy`` given the training split's (label x
     bias) counts ``group_weights``), and the metrics of the split's further bias attributes (UrbanCars')."""
-    preds = predict_logits(model, data.images, precision=precision).argmax(1)
+    preds = predict_logits(model, data.images, precision=precision, parallel=parallel).argmax(1)
     out = accuracy_metrics(preds, data.labels, data.bias, num_classes, num_bias or None, group_weights)
     out.update(extra_bias_metrics(preds, data.labels, data.bias, data.extra_bias))
     return out
@@ -117,22 +124,36 @@ def train_classifier(
     weighting: Weighting | None = None,
     on_epoch: Callable[[int, nn.Module], dict[str, Any]] | None = None,
     build_model: ModelFactory = default_factory,
+    parallel: bool = False,
 ) -> nn.Module:
     """Train, evaluate on ``valid`` every ``cfg.eval_every`` epochs, checkpoint, and save the selected weights.
 
     Selection: ``cfg.select = valid`` keeps the epoch with the best ``valid[cfg.select_metric]``; ``last`` keeps the
     last epoch. The test split never reaches this function.
+
+    ``parallel``: every process launched together makes this call. Each draws the same batch and computes the model on
+    its contiguous part of it (a DDP copy: gradients are averaged); the per-sample losses and logits are gathered, so
+    the weighting sees the whole batch on every process and its state (EMAs, group weights, LfF's f_B) stays the same
+    everywhere, and the loss is the one-process loss. BatchNorm uses each process's part of the batch on a CPU
+    (SyncBatchNorm needs a GPU) and the whole batch on GPUs. The main process alone reads and writes checkpoints.
     """
     if cfg.select not in ("valid", "last"):
         raise ValueError(f"classifier.select must be 'valid' or 'last', got '{cfg.select}'")
     if cfg.select == "valid" and (valid is None or len(valid) == 0):
         raise ValueError("classifier.select=valid needs a non-empty valid split; use select=last")
     weighting = weighting or Weighting()
-    device = accelerator().device
+    acc = accelerator()
+    device = acc.device
+    parallel = parallel and acc.num_processes > 1
+    procs = acc.num_processes if parallel else 1
+    writes = acc.is_main_process or not parallel  # a stage that does not distribute runs on the main process alone
     with stage.seeded("init"):  # initial weights from the stage's seed, global RNG untouched
         model = build_model(cfg, num_classes, tuple(train.images.shape[1:])).to(device)
+        if parallel and device.type != "cpu":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         weighting.bind(model, stage.generator("bind"))
     optimizer = make_optimizer(model, cfg)
+    net = acc.prepare_model(model) if parallel else model  # the DDP copy trains; ``model`` predicts and is saved
     criterion = per_sample_loss(cfg.loss, cfg.gce_q, cfg.label_smoothing)
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "epoch": -1}
@@ -141,7 +162,7 @@ def train_classifier(
 
     ckpt = stage.path(CHECKPOINT)
 
-    state = load_resumable(ckpt, load_state, stage.log)
+    state = load_resumable_shared(ckpt, load_state, stage.log, everywhere=parallel)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -153,11 +174,12 @@ def train_classifier(
         history = [h for h in history if h["epoch"] < start_epoch]
         stage.log(f"{stage.name}: resuming at epoch {start_epoch + 1}/{cfg.epochs}")
 
-    writer = _tensorboard(stage)
+    writer = _tensorboard(stage) if writes else None
     labels_all = train.labels
     n = len(train)
     step = start_epoch * math.ceil(n / cfg.batch_size)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=stage.name, initial=start_epoch, total=cfg.epochs, leave=False)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=stage.name, initial=start_epoch, total=cfg.epochs, leave=False,
+               disable=not writes)
     for epoch in bar:
         t0 = time.time()
         g = stage.generator("epoch", epoch)
@@ -170,14 +192,18 @@ def train_classifier(
             if cfg.augment:
                 x = augment(x, g)
             y = labels_all[index].to(device)
+            mine = my_part(len(index)) if parallel else slice(None)
             with autocast(device, cfg.precision):
-                logits = model(x)
-            losses = criterion(logits, y)
+                logits = net(x[mine])
+            losses = criterion(logits, y[mine])
+            if parallel:
+                logits = with_parts_gathered(logits.float(), len(index))
+                losses = with_parts_gathered(losses, len(index))
             loss = weighting.loss(losses, Batch(index, x, y, logits, epoch, step))
             check_finite(float(loss.detach()), stage, f"epoch {epoch + 1}, step {step + 1}",
                          f"lower the learning rate (lr={cfg.lr:g}, optimizer {cfg.optimizer})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * procs).backward()  # DDP averages over the processes, each holding its part's gradient
             lr = cfg.lr * weighting.lr_factor(step)  # a method's schedule (DisEnt's StepLR); 1 by default
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -200,7 +226,7 @@ def train_classifier(
         last = epoch == cfg.epochs - 1
         if (epoch + 1) % cfg.eval_every == 0 or last:
             if valid is not None and len(valid):
-                vm = evaluate(model, valid, num_classes, num_bias, cfg.precision)
+                vm = evaluate(model, valid, num_classes, num_bias, cfg.precision, parallel=parallel)
                 record["valid"] = {k: v for k, v in vm.items() if not isinstance(v, list)}
                 if cfg.select == "valid":
                     if cfg.select_metric not in vm:
@@ -212,15 +238,16 @@ def train_classifier(
             if on_epoch is not None:
                 record.update(on_epoch(epoch, model))
             history.append(record)
-            _log_scalars(writer, record, epoch)
-            write_json(stage.path(HISTORY), history)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "weighting": weighting.state_dict(), "epoch": epoch,
-                     "best_score": best["score"], "best_epoch": best["epoch"]}
-            if best_state is not None:
-                state["best_model"] = best_state
-            save_state(ckpt, state)
-            stage.checkpointed()
+            if writes:
+                _log_scalars(writer, record, epoch)
+                write_json(stage.path(HISTORY), history)
+                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "weighting": weighting.state_dict(), "epoch": epoch,
+                         "best_score": best["score"], "best_epoch": best["epoch"]}
+                if best_state is not None:
+                    state["best_model"] = best_state
+                save_state(ckpt, state)
+                stage.checkpointed()
         else:
             history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_accuracy']:.3f}")
@@ -230,13 +257,15 @@ def train_classifier(
     if cfg.select == "valid" and best_state is not None:
         model.load_state_dict(best_state)
     selected = best["epoch"] if cfg.select == "valid" else cfg.epochs - 1
+    if not writes:
+        return model.eval()
     save_tensors(stage.path(WEIGHTS), model.state_dict(),
                  {"arch": cfg.arch, "num_classes": num_classes, "image_shape": list(train.images.shape[1:]),
                   "selected_epoch": selected, "select": cfg.select})
     write_json(stage.path(HISTORY), history)
     write_json(stage.path("selection.json"), {"select": cfg.select, "metric": cfg.select_metric,
                                               "epoch": selected, "score": best["score"] if cfg.select == "valid"
-                                              else None})
+                                              else None, "processes": procs})
     ckpt.unlink(missing_ok=True)  # the selected weights are saved; the resume state is no longer needed
     return model.eval()
 

@@ -27,7 +27,13 @@ class Weighting:
 
     Subclasses that own extra models (LfF's biased model) get the target model through :meth:`bind` before
     training starts, and keep their models and optimizers in :meth:`state_dict` so a resumed run continues exactly.
+
+    ``distributable``: the loss reaches the target model only through the per-sample losses and logits it is given,
+    so several processes can each compute a part of the batch (see ``train_classifier(parallel=True)``); a weighting
+    that reads the model's insides (DisEnt's features) trains on one process.
     """
+
+    distributable = True
 
     def bind(self, model: torch.nn.Module, generator: torch.Generator) -> None:
         """Called once with the target model (on its device) and the stage's generator, before any resume."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
-from ..runs import claim_folder, config_hash, file_sha256, write_text
+from ..runs import claim_folder, config_hash, exclusive, file_sha256, write_text
 from . import bar, bffhq, celeba, corrupted, dogs_cats, imagenet9, textured, urbancars, waterbirds
 from .base import DatasetError, ImageSet, Splits
 from .generic import files_identity, image_root, load_csv_dataset, read_rows, resolve_files
@@ -255,13 +255,31 @@ def load_dataset(cfg: DataConfig, log=print, rebuild: bool = False) -> Splits:
     claim_folder(cache_dir(cfg), "dataset cache (data.cache_dir or $DIFFDEBIAS_CACHE)")
     key = dataset_key(cfg)
     path = cache_dir(cfg) / f"{cfg.name}-{key}.safetensors"
+    if not rebuild and (cached := _read_cached(cfg, path, log)) is not None:
+        return cached
+    # one process builds; another that needs the same dataset meanwhile (a launched rank, a bench shard) waits for it
+    with exclusive(path.parent / f".{path.stem}.lock", on_wait=lambda: log(f"dataset {path.name}: another process is "
+                                                                 f"building it, waiting")):
+        if not rebuild and (cached := _read_cached(cfg, path, log)) is not None:
+            return cached
+        return _build(cfg, path, log)
+
+
+def _read_cached(cfg: DataConfig, path: Path, log) -> Splits | None:
+    """The cached splits if the file and its checksum are there and agree; None otherwise."""
     sha_file = path.with_suffix(".sha256")
-    if path.exists() and sha_file.exists() and not rebuild:
-        mapped = _mapped(cfg, path)
-        checksum = _checksum(path, sha_file.read_text(), mapped)
-        if checksum is not None:
-            return _validate(cfg, read_splits(path, checksum, mapped))
-        log(f"cached dataset {path} fails its checksum; rebuilding")
+    if not (path.exists() and sha_file.exists()):
+        return None
+    mapped = _mapped(cfg, path)
+    checksum = _checksum(path, sha_file.read_text(), mapped)
+    if checksum is not None:
+        return _validate(cfg, read_splits(path, checksum, mapped))
+    log(f"cached dataset {path} fails its checksum; rebuilding")
+    return None
+
+
+def _build(cfg: DataConfig, path: Path, log) -> Splits:
+    sha_file = path.with_suffix(".sha256")
     log(f"building dataset '{cfg.name}' into {path}")
     source = _source(cfg)
     if source.write is None:

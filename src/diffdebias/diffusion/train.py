@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..runs import Stage, check_finite, load_resumable, load_state, save_state, write_json
+from ..runs import Stage, check_finite, load_resumable_shared, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .models import autocast, load_unet, model_num_classes, null_label, resolve_precision, save_unet
 from .sampling import class_grid, make_grid_image, sample, save_png, to_unit
@@ -147,7 +147,7 @@ def train_diffusion(
     )
     ckpt_path = stage.path("checkpoint.safetensors")
     step = 0
-    state = load_resumable(ckpt_path, load_state, stage.log)
+    state = load_resumable_shared(ckpt_path, load_state, stage.log, everywhere=procs > 1)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

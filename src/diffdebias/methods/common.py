@@ -16,6 +16,7 @@ from ..classifiers.weighting import Weighting
 from ..config import Config, TrainConfig, key_dict
 from ..data import Splits, dataset_key, load_dataset, train_key
 from ..data.base import ImageSet
+from ..devices import launched
 from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
 from .detection import GROUP_METRICS
 
@@ -106,11 +107,12 @@ def train_stage(
         member_weighting = copy.deepcopy(weighting) if cfg.ensemble > 1 else weighting  # it may keep state (LfF)
         train_classifier(stage, train if train is not None else d.train, one, d.num_classes,
                          d.valid if valid == "real" else valid, d.num_bias, weighting=member_weighting,
-                         build_model=build_model)
+                         build_model=build_model, parallel=parallel)
 
+    parallel = launched() and (weighting is None or weighting.distributable)  # every process trains its part
     data_key = ctx.train_key if cfg.select == "last" and valid == "real" and train is None else ctx.data_key
     members = tuple(ctx.run.cached(name if k == 0 else f"{name}_m{k}", {"train": key_dict(one), "extra": extra_config},
-                                   compute, (data_key, *inputs)) for k in range(cfg.ensemble))
+                                   compute, (data_key, *inputs), distributed=parallel) for k in range(cfg.ensemble))
     return Trained(members[0], cfg, ctx, build_model, members if cfg.ensemble > 1 else ())
 
 
@@ -153,6 +155,16 @@ class Scores:
     @property
     def key(self) -> str:
         return self.stage.key
+
+
+def logits_stage(ctx: Context, name: str, model: Trained) -> tuple[Stage, torch.Tensor]:
+    """A (frozen) model's logits on every real training sample, cached as a stage."""
+
+    def compute(stage: Stage) -> None:
+        save_tensors(stage.path("logits.safetensors"), {"logits": predict_logits(model.model, ctx.data.train.images)})
+
+    st = ctx.run.cached(name, {}, compute, (model.key,))
+    return st, load_tensors(st.path("logits.safetensors"))[0]["logits"]
 
 
 def score_stage(ctx: Context, name: str, model: Trained, split: str = "train") -> Scores:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,8 +23,8 @@ from ..classifiers.train import predict_logits
 from ..classifiers.weighting import SyntheticShare, Weighting
 from ..config import DiffInjectConfig, key_dict, load_config
 from ..data.base import ImageSet
-from ..devices import accelerator, cpu_workers, map_batches
-from ..runs import Stage, load_resumable, load_tensors, save_tensors
+from ..devices import accelerator, cpu_workers, gather_parts, launched, map_batches, my_part, share
+from ..runs import Stage, load_resumable, load_resumable_shared, load_tensors, save_tensors
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import UNET, diffusion_stage
@@ -132,7 +133,10 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
                     chunk: int = 1024) -> Stage:
     """Invert the content pool once (its h cached in ``content_h.safetensors``), then for each chunk of pairs invert
     the style images and generate with the content injected; chunks are saved as they finish. A U-Net trained
-    smaller (``diffusion.image_size``) inverts the images resized to its size; its results are resized back."""
+    smaller (``diffusion.image_size``) inverts the images resized to its size; its results are resized back.
+
+    Of several processes launched together, each inverts its part of the pool and computes its part of every chunk;
+    the main process gathers and writes. Each image depends only on its pair and seed, not on who computes it."""
     from ..diffusion.models import resolve_precision
 
     icfg, dcfg = ctx.cfg.injection, ctx.cfg.diffusion
@@ -147,6 +151,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
+        parallel, main = launched(), ctx.run.main
         model = load_unet(diffusion.path(UNET)).to(device)
         check_splittable(model)
         abar = alphas_cumprod(dcfg).double()
@@ -163,51 +168,68 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             return pad_rows(rows, bs) if icfg.compile else rows
 
         h_path = stage.path("content_h.safetensors")
-        content_h = load_resumable(h_path, lambda p: {int(k): v for k, v in load_tensors(p)[0].items()}, stage.log)
+        content_h = load_resumable_shared(h_path, lambda p: {int(k): v for k, v in load_tensors(p)[0].items()},
+                                          stage.log, everywhere=parallel)
         if content_h is None:
             stage.log(f"{stage.name}: inverting the content pool ({len(pool)} images, {len(grid) - 1} steps)")
+            split = parallel and len(pool) >= accelerator().num_processes  # else each inverts the few itself
+            mine = pool[my_part(len(pool))] if split else pool
             parts = []
-            for s in range(0, len(pool), bs):
-                rows = pool[s:s + bs]
+            for s in range(0, len(mine), bs):
+                rows = mine[s:s + bs]
                 h = invert(model, unit(padded(rows)), grid, abar, icfg.t_edit, precision=precision,
                            compiled=icfg.compile)[1]
                 parts.append({t: v[:len(rows)].cpu() for t, v in h.items()})
             content_h = {t: torch.cat([p[t] for p in parts]) for t in parts[0]}
-            save_tensors(h_path, {str(t): v for t, v in content_h.items()})
-            stage.checkpointed()
+            if split:
+                content_h = {t: gather_parts(v, len(pool)) for t, v in content_h.items()}
+            if main:
+                save_tensors(h_path, {str(t): v for t, v in content_h.items()})
+                stage.checkpointed()
         position = torch.full((len(d.train),), -1, dtype=torch.long)
         position[pool] = torch.arange(len(pool))
 
         pairs = draw_pairs(ctx, stage, pool)
         n = len(pairs["style"])
         stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}, {precision}")
-        images = []
-        bar = tqdm(total=n, desc="injection", unit="img")  # pairs done, each an inversion + an injected generation
-        for k, start in enumerate(range(0, n, chunk)):
-            path = stage.path(f"chunk_{k:04d}.safetensors")
-            done = load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log)
-            if done is not None:
-                images.append(done)
-                bar.update(len(done))
-                continue
+        starts = range(0, n, chunk)
+        paths = [stage.path(f"chunk_{k:04d}.safetensors") for k in range(len(starts))]
+        images = [load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log) if main else None
+                  for path in paths]
+        # pairs done, each an inversion + an injected generation
+        bar = tqdm(total=n, desc="injection", unit="img", disable=not main)
+        bar.update(sum(len(part) for part in images if part is not None))
+        empty = torch.empty((0, *d.train.images.shape[1:]), dtype=torch.uint8)
+
+        def one_batch(s: int, stop: int) -> torch.Tensor:  # pairs s..min(s + bs, stop); the same for any workers
+            e = min(s + bs, stop)
+            style, content = padded(pairs["style"][s:e]), padded(pairs["content"][s:e])
+            x_T, _ = invert(model, unit(style), grid, abar, precision=precision, compiled=icfg.compile)
+            h = {t: v[position[content]] for t, v in content_h.items()}
+            gens = [torch.Generator().manual_seed(int(v)) for v in padded(pairs["seeds"][s:e])]
+            x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
+                       gens, icfg.mask, blend_mode=icfg.blend, precision=precision, compiled=icfg.compile)
+            bar.update(e - s)
+            return resize(to_uint8(x[: e - s]).cpu(), side)
+
+        for k in share([k for k, part in enumerate(images) if part is None]):  # the main process's to-do list
+            start = starts[k]
             stop = min(start + chunk, n)
             stage.log(f"{stage.name}: images {start}-{stop} of {n}")
-
-            def one_batch(s: int, stop: int = stop) -> torch.Tensor:  # the same batches for any number of workers
-                e = min(s + bs, stop)
-                style, content = padded(pairs["style"][s:e]), padded(pairs["content"][s:e])
-                x_T, _ = invert(model, unit(style), grid, abar, precision=precision, compiled=icfg.compile)
-                h = {t: v[position[content]] for t, v in content_h.items()}
-                gens = [torch.Generator().manual_seed(int(v)) for v in padded(pairs["seeds"][s:e])]
-                x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
-                           gens, icfg.mask, blend_mode=icfg.blend, precision=precision, compiled=icfg.compile)
-                bar.update(e - s)
-                return resize(to_uint8(x[: e - s]).cpu(), side)
-
-            images.append(torch.cat(map_batches(one_batch, range(start, stop, bs), workers)))
-            save_tensors(path, {"images": images[-1]})
-            stage.checkpointed()
+            part = my_part(stop - start) if parallel else slice(0, stop - start)
+            first, last = start + part.start, start + part.stop
+            done = map_batches(partial(one_batch, stop=last), range(first, last, bs), workers)
+            done = torch.cat(done) if done else empty
+            if parallel:
+                done = gather_parts(done, stop - start)
+                bar.update(stop - start - (last - first))
+            if main:
+                images[k] = done
+                save_tensors(paths[k], {"images": done})
+                stage.checkpointed()
         bar.close()
+        if not main:
+            return
         images = torch.cat(images)
         save_tensors(stage.path(INJECTED), {"images": images, **pairs})
         labels = d.train.labels  # the CSV's label is the style image's; content_label is the other choice
@@ -225,7 +247,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
         injection_key["precision"] = precision
     key = {"injection": injection_key, "pool": pool.tolist(),
            "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}}
-    return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs))
+    return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs), distributed=True)
 
 
 def black_level(images: torch.Tensor, real: torch.Tensor) -> int:
