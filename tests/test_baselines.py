@@ -411,3 +411,50 @@ def test_selection_on_true_valid_groups_marks_the_run_supervised(tmp_path, fake_
     cfg.classifier.select, cfg.classifier.select_metric = "valid", metric
     metrics = read_json(execute(cfg, tmp_path / method, quiet=True) / "metrics.json")
     assert metrics.get("supervised", False) is supervised
+
+
+# ------------------------------------------------------------------------------- DDB as a plug-in detector (#41)
+
+
+@pytest.mark.parametrize("method", ["jtt", "lff_be"])
+def test_ddb_flags_replace_a_methods_own_detection(tmp_path, fake_mnist, monkeypatch, method):
+    """detection.source=ddb: JTT upsamples exactly the samples the DDB amplifier flags, LfF+BE's f_B trains on exactly
+    the ones it does not; the method's own detection stages never run."""
+    import diffdebias.methods.baselines as baselines
+    from diffdebias.data import load_dataset
+    from diffdebias.methods.detection import detect
+
+    seen = {}
+    upsample, lff_weighting = baselines.Upsample, baselines.lff_weighting
+
+    def spy_upsample(index, copies):
+        seen["flagged"] = index
+        return upsample(index, copies)
+
+    def spy_lff(ctx, train, aligned_mask=None):
+        seen["flagged"] = (~aligned_mask).nonzero().squeeze(1)
+        return lff_weighting(ctx, train, aligned_mask=aligned_mask)
+
+    monkeypatch.setattr(baselines, "Upsample", spy_upsample)
+    monkeypatch.setattr(baselines, "lff_weighting", spy_lff)
+    ddb_cfg = tmp_path / "ddb_tiny.yaml"
+    ddb_cfg.write_text(f"base: {CONFIGS / 'cmnist' / 'ddb.yaml'}\n"
+                       "diffusion: {preset: tiny, steps: 6, batch_size: 16, checkpoint_every: 3}\n"
+                       "sampling: {per_class: 6, steps: 3}\namplifier: {epochs: 2}\n"
+                       "detection: {rule: quantile, quantile: 0.9}\n")
+    cfg = tiny(fake_mnist, method)
+    cfg.detection.source, cfg.detection.ddb_config = "ddb", str(ddb_cfg)
+    out = tmp_path / method
+    execute(cfg, out, quiet=True)
+    own = {"jtt": ["jtt_error_set"], "lff_be": ["be_bias0", "be_committee"]}[method]
+    assert (out / "amplifier" / "DONE").exists() and (out / method / "DONE").exists()
+    assert not any((out / name).exists() for name in own)
+
+    train = load_dataset(cfg.data).train
+    t = load_tensors(out / "amplifier_scores" / "scores.safetensors")[0]
+    rule = load_config(str(ddb_cfg)).detection  # DDB's rule, not this run's
+    flags = torch.from_numpy(detect(rule, t["loss"].numpy(), t["pred"].numpy(), train.labels.numpy(),
+                                    train.bias.numpy()))
+    assert 0 < flags.sum() < len(flags)
+    assert torch.equal(seen["flagged"], flags.nonzero().squeeze(1))
+    assert json.loads((out / "metrics.json").read_text())["ddb_detection"]["size"] == int(flags.sum())

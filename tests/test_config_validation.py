@@ -57,6 +57,8 @@ BAD = [
     ("detection.rule=foo", "detection.rule"),
     ("detection.quantile=1", "detection.quantile"),
     ("detection.threshold=-1", "detection.threshold"),
+    ("detection.source=committee", "detection.source"),
+    ("detection.source=ddb", "detection.ddb_config"),
     # groupdro
     ("groupdro.eta=-0.1", "groupdro.eta"),
     ("groupdro.adjustment=-1", "groupdro.adjustment"),
@@ -68,6 +70,7 @@ BAD = [
     # ddb
     ("ddb.recipe=foo", "ddb.recipe"),
     ("ddb.reference_epochs=0", "ddb.reference_epochs"),
+    ("ddb.bias_temperature=0", "ddb.bias_temperature"),
     # jtt
     ("jtt.epochs_first=0", "jtt.epochs_first"),
     ("jtt.lambda_up=-2", "jtt.lambda_up"),

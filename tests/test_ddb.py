@@ -1,9 +1,13 @@
 import json
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from diffdebias.cli import main
+from diffdebias.config import load_config
+from diffdebias.data import load_dataset
 from diffdebias.data.cmnist import COLORS
 from diffdebias.diffusion import load_unet
 from diffdebias.evaluation.amplification import aligned_fraction, stroke_colors, to_grey, usable_conflicting_fraction
@@ -59,6 +63,28 @@ def test_ddb_end_to_end_both_recipes_share_stages(tmp_path, fake_mnist, capsys):
     assert "## Sample weights W per true bias group" in (out / "report.md").read_text()
     assert (out / "figures" / "sample_weights.png").exists()
 
+    # a temperature below 1 sharpens the frozen amplifier's loss: its aligned samples' loss falls towards 0, so the
+    # conflicting samples weigh more against them than under the paper's plain CE; T=1 is the paper's cached stage
+    capsys.readouterr()
+    assert main(["run", "configs/cmnist/ddb.yaml", "--out", str(out), "--set", f"data.mnist_path={fake_mnist}",
+                 "--set", "data.conflict_ratio=0.05", *TINY, "--set", "ddb.recipe=lff",
+                 "--set", "ddb.bias_temperature=0.25"]) == 0
+    assert "stage amplifier_logits: running" in capsys.readouterr().out
+    sharp = json.loads((out / "classifier" / "history.json").read_text())[-1]["sample_weights"]
+    logits = load_file(out / "amplifier_logits" / "logits.safetensors")["logits"]
+    d = load_dataset(load_config("configs/cmnist/ddb.yaml", [f"data.mnist_path={fake_mnist}",
+                                                              "data.conflict_ratio=0.05"]).data)
+    ce = torch.nn.functional.cross_entropy(logits / 0.25, d.train.labels, reduction="none")
+    aligned = d.train.aligned_mask()
+    assert sharp["aligned_loss_b_ema"] == pytest.approx(float(ce[aligned].mean()), rel=1e-5)
+    assert sharp["conflicting_loss_b_ema"] == pytest.approx(float(ce[~aligned].mean()), rel=1e-5)
+    assert main(["run", "configs/cmnist/ddb.yaml", "--out", str(out), "--set", f"data.mnist_path={fake_mnist}",
+                 "--set", "data.conflict_ratio=0.05", *TINY, "--set", "ddb.recipe=lff",
+                 "--set", "ddb.bias_temperature=1"]) == 0
+    again = json.loads((out / "classifier" / "history.json").read_text())  # the paper's numbers, unchanged
+    assert [(h["train_loss"], h["sample_weights"]) for h in again] == [(h["train_loss"], h["sample_weights"])
+                                                                       for h in history]
+
 
 def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsys):
     from diffdebias.config import load_config
@@ -88,6 +114,28 @@ def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsy
     execute(load_config("configs/cmnist/ddb.yaml", overrides + ["diffusion.image_size=0"]), out)
     assert "stage diffusion: running" in capsys.readouterr().out
     assert load_unet(out / "diffusion" / "unet.safetensors").config.sample_size == 28
+
+
+def test_a_temperature_below_one_lifts_recipe_two_out_of_saturation():
+    """The saturation seen on Colored MNIST: a frozen amplifier right on an aligned sample with margin 1.6 keeps a CE
+    of ~0.18 while the target's falls to 0.01, so W ~ 0.95 for aligned and conflicting samples alike; at T = 0.25
+    the conflicting samples weigh ~50x the aligned ones."""
+    from diffdebias.classifiers.weighting import Batch, FixedBiasLossWeights
+
+    labels = torch.zeros(100, dtype=torch.long)
+    conflicting = torch.arange(100) < 2
+    logits = torch.zeros(100, 2)
+    logits[:, 0] = torch.where(conflicting, -8.0, 1.6)  # the amplifier: wrong and sure on conflicting samples
+    target_loss = torch.where(conflicting, 2.0, 0.01)
+
+    def ratio(t: float) -> float:
+        amp_loss = torch.nn.functional.cross_entropy(logits / t, labels, reduction="none")
+        w = FixedBiasLossWeights(amp_loss, labels, ema=False)
+        w.loss(target_loss, Batch(torch.arange(100), torch.zeros(100, 1), labels, logits, 0, 0))
+        return float(w.last_weights[conflicting].mean() / w.last_weights[~conflicting].mean())
+
+    assert ratio(1.0) < 1.2
+    assert ratio(0.25) > 40
 
 
 def test_amplification_diagnostic_reads_colours_and_shapes():

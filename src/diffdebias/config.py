@@ -129,12 +129,19 @@ class DetectionConfig:
     quantile: float = 0.99  # quantile rule: flag losses above this quantile (open)
     threshold: float = 1.0  # threshold rule: flag losses above this value, in nats (open)
     per_class: bool = False  # quantile / mixture / otsu: split each class's losses separately (open)
+    source: str = added("own")  # JTT and LfF+BE: own (the method's own detection, the papers': JTT's stage-1 errors,
+    #   BiasEnsemble's committee) | ddb (variant, DDB as a plug-in detector: the real samples the synthetic-trained
+    #   amplifier of ``ddb_config`` flags under that config's detection rule)
+    ddb_config: str | None = added(None)  # source=ddb: the DDB config (its data section is replaced by this run's)
 
     def validate(self, name: str = "detection") -> DetectionConfig:
         """Losses are in nats, so a threshold below 0 would flag every sample."""
         choice(f"{name}.rule", self.rule, DETECTION_RULES)
         fraction(f"{name}.quantile", self.quantile, low_open=True, high_open=True)
         at_least(f"{name}.threshold", self.threshold, 0)
+        choice(f"{name}.source", self.source, ("own", "ddb"))
+        if self.source == "ddb" and not self.ddb_config:
+            raise ConfigError(f"{name}.source=ddb needs {name}.ddb_config (e.g. configs/cmnist/ddb.yaml)")
         return self
 
 
@@ -183,9 +190,14 @@ class DDBConfig:
     #   its weight decay and augmentation: JTT's and LfF's own CMNIST recipes, under which real-data models memorise)
     #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
     compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
+    bias_temperature: float = added(1.0)  # Recipe II (variant below 1): the amplifier's per-sample loss is its CE at
+    #   logits / T. 1 is the paper's (its plain CE). A frozen amplifier's aligned loss has a floor (~0.18 on Colored
+    #   MNIST) that the target's falls far below, so W = L_amp / (L_amp + L_target) saturates near 1 for every sample;
+    #   T < 1 sharpens the amplifier's confidence, sending its aligned loss towards 0 (docs/results.md, Recipe II)
 
     def validate(self, name: str = "ddb") -> DDBConfig:
         choice(f"{name}.recipe", self.recipe, ("groupdro", "lff"))
+        positive(f"{name}.bias_temperature", self.bias_temperature)
         choice(f"{name}.reference_recipe", self.reference_recipe, ("amplifier", "plain"))
         count(f"{name}.reference_epochs", self.reference_epochs)
         if self.reference_gce_epochs is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 
 import torch
 
@@ -86,7 +87,21 @@ def run_jtt(ctx: Context) -> Trained:
     c, j = ctx.cfg, ctx.cfg.jtt
     if j.epochs_first < 1:
         raise ValueError(f"jtt.epochs_first must be >= 1, got {j.epochs_first}")
-    first = train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last", ensemble=1))
+
+    @cache
+    def identify() -> Trained:
+        return train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last", ensemble=1))
+
+    valid, valid_keys = selection_valid(ctx, j.valid_groups, "jtt.valid_groups", identify)
+    if c.detection.source == "ddb":  # DDB as the plug-in detector: its flagged samples are the error set
+        from .ddb import ddb_flags
+
+        flags, key, rule = ddb_flags(ctx)
+        index = flags.nonzero().squeeze(1)
+        copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
+        return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(key, *valid_keys),
+                           extra_config={"jtt": key_dict(j), "copies": copies, "detector": rule}, valid=valid)
+    first = identify()
 
     def find_errors(stage: Stage) -> None:
         train = ctx.data.train
@@ -101,8 +116,7 @@ def run_jtt(ctx: Context) -> Trained:
     record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
     return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
-                       extra_config={"jtt": key_dict(j), "copies": copies},
-                       valid=selection_valid(ctx, j.valid_groups, "jtt.valid_groups", lambda: first)[0])
+                       extra_config={"jtt": key_dict(j), "copies": copies}, valid=valid)
 
 
 def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]
@@ -206,6 +220,12 @@ def run_lff_be(ctx: Context) -> Trained:
     samples only (freshly initialised), f_D on every sample with LfF's W."""
     c, d = ctx.cfg, ctx.data
     require_ce(c.classifier, "lff_be")
+    if c.detection.source == "ddb":  # DDB as the plug-in detector: what it does not flag is pseudo-aligned
+        from .ddb import ddb_flags
+
+        flags, key, rule = ddb_flags(ctx)
+        return train_stage(ctx, "lff_be", c.classifier, weighting=lff_weighting(ctx, d.train, aligned_mask=~flags),
+                           inputs=(key,), extra_config={"lff": key_dict(c.lff), "detector": rule})
     aligned, committee = bias_committee(ctx)
     w = lff_weighting(ctx, d.train, aligned_mask=aligned)
     return train_stage(ctx, "lff_be", c.classifier, weighting=w, inputs=(committee.key,),

@@ -8,17 +8,17 @@ LfF does) are scored with the same detection rule, to measure the paper's centra
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
-from ..config import Config, TrainConfig, key_dict
+from ..config import Config, TrainConfig, key_dict, load_config
 from ..data.base import ImageSet
 from ..runs import Stage
-from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
+from .common import Context, Scores, Trained, evaluate_stage, logits_stage, score_stage, train_stage
 from .detection import GROUP_METRICS, SUPERVISED_RULES, detect, identification, with_pseudo_groups
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import diffusion_stage, load_synthetic, synthetic_stage
@@ -46,7 +46,7 @@ def selection_valid(ctx: Context, amp: Trained) -> tuple[ImageSet | str, tuple[s
     d = ctx.data
     scores = score_stage(ctx, "amplifier_valid_scores", amp, split="valid")
     valid = with_pseudo_groups(d.valid, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes)
-    return valid, (scores.key,), {"valid_groups": asdict(ctx.cfg.detection)}
+    return valid, (scores.key,), {"valid_groups": key_dict(ctx.cfg.detection)}
 
 
 def detection_report(ctx: Context, scores: Scores) -> dict[str, Any]:
@@ -63,6 +63,29 @@ def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:
                           d.train.images.shape[-1])
     amp = train_stage(ctx, "amplifier", cfg.amplifier, train=load_synthetic(syn), inputs=(syn.key,))
     return amp, diff, syn
+
+
+def ddb_amplifier(ctx: Context, ddb_config: str) -> tuple[Context, Trained]:
+    """The synthetic-trained amplifier of the DDB config ``ddb_config`` for this run's data and seed, its stages in
+    this run (another method's plug-in detector), and the context it was made in."""
+    ddb_cfg = load_config(ddb_config, seed=ctx.cfg.seed, device=ctx.cfg.device)
+    ddb_cfg.data = ctx.cfg.data
+    sub = Context(ddb_cfg, ctx.run)
+    amp, _, _ = synthetic_amplifier(sub)
+    return sub, amp
+
+
+def ddb_flags(ctx: Context) -> tuple[torch.Tensor, str, dict[str, Any]]:
+    """DDB as a plug-in detector (``detection.source=ddb``): the real training samples the amplifier of
+    ``detection.ddb_config`` flags as bias-conflicting under that config's detection rule. Returns the mask, the key
+    of the scores it came from and the rule (for the stage keys of what uses it); records how well it matches."""
+    sub, amp = ddb_amplifier(ctx, ctx.cfg.detection.ddb_config)
+    scores = score_stage(sub, "amplifier_scores", amp)
+    flags = detected(sub, scores)
+    if sub.cfg.detection.rule in SUPERVISED_RULES:
+        ctx.extras.setdefault("metrics", {})["supervised"] = True
+    ctx.extras.setdefault("metrics", {})["ddb_detection"] = identification(ctx.data.train, scores.loss.numpy(), flags)
+    return torch.from_numpy(flags).bool(), scores.key, key_dict(sub.cfg.detection)
 
 
 def reference_training(cfg: Config) -> TrainConfig:
@@ -83,7 +106,17 @@ def reference_amplifiers(ctx: Context) -> dict[str, Trained]:
     }
 
 
-def recipe_weighting(ctx: Context, scores: Scores):
+def bias_loss(ctx: Context, amp: Trained, scores: Scores) -> tuple[torch.Tensor, str]:
+    """Recipe II's per-sample loss of the amplifier and the key of the stage it comes from: its plain CE (the
+    paper's), or its CE at ``logits / ddb.bias_temperature`` from its cached logits."""
+    t = ctx.cfg.ddb.bias_temperature
+    if t == 1:
+        return scores.loss, scores.key
+    stage, logits = logits_stage(ctx, "amplifier_logits", amp)
+    return torch.nn.functional.cross_entropy(logits / t, ctx.data.train.labels, reduction="none"), stage.key
+
+
+def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None = None):
     cfg = ctx.cfg
     labels = ctx.data.train.labels
     if cfg.ddb.recipe == "groupdro":
@@ -96,7 +129,8 @@ def recipe_weighting(ctx: Context, scores: Scores):
         return GroupDRO.from_config(labels * 2 + conflicting, cfg.groupdro)
     if cfg.ddb.recipe == "lff":
         lf = cfg.lff
-        return FixedBiasLossWeights(scores.loss, labels, alpha=lf.alpha, ema=lf.ema, normalize=lf.normalize)
+        return FixedBiasLossWeights(scores.loss if loss_b is None else loss_b, labels, alpha=lf.alpha, ema=lf.ema,
+                                    normalize=lf.normalize)
     raise ValueError(f"unknown ddb.recipe '{cfg.ddb.recipe}' (known: {', '.join(RECIPES)})")
 
 
@@ -105,9 +139,11 @@ def recipe_config(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     out: dict[str, Any] = {"recipe": cfg.ddb.recipe}
     if cfg.ddb.recipe == "groupdro":
-        out.update(detection=asdict(cfg.detection), groupdro=key_dict(cfg.groupdro))
+        out.update(detection=key_dict(cfg.detection), groupdro=key_dict(cfg.groupdro))
     else:
         out.update(lff=key_dict(cfg.lff))
+        if cfg.ddb.bias_temperature != 1:
+            out.update(bias_temperature=cfg.ddb.bias_temperature)
     return out
 
 
@@ -122,8 +158,10 @@ def run_ddb(ctx: Context) -> Trained:
     scores = {"synthetic": score_stage(ctx, "amplifier_scores", amp)}
     valid, valid_inputs, valid_config = selection_valid(ctx, amp)
     extra = recipe_config(ctx) if valid_config is None else {**recipe_config(ctx), **valid_config}
-    final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, scores["synthetic"]),
-                        inputs=(scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
+    loss_b, loss_key = bias_loss(ctx, amp, scores["synthetic"]) if cfg.ddb.recipe == "lff" else (None, "")
+    final = train_stage(ctx, "classifier", cfg.classifier,
+                        weighting=recipe_weighting(ctx, scores["synthetic"], loss_b),
+                        inputs=(loss_key or scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
     oracle = cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"

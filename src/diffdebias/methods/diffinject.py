@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..classifiers.debias_weighting import Upsample
 from ..classifiers.train import predict_logits
 from ..classifiers.weighting import SyntheticShare, Weighting
-from ..config import DiffInjectConfig, key_dict, load_config
+from ..config import DiffInjectConfig, key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, gather_parts, launched, map_batches, my_part, share
 from ..runs import Stage, load_resumable, load_resumable_shared, load_tensors, save_tensors
@@ -70,11 +70,9 @@ def ranking_scores(ctx: Context) -> Scores:
     di = ctx.cfg.diffinject
     if di.content_source == "gce":
         return score_stage(ctx, "biased_scores", train_stage(ctx, "biased_classifier", ctx.cfg.amplifier))
-    from .ddb import synthetic_amplifier
+    from .ddb import ddb_amplifier
 
-    ddb_cfg = load_config(di.ddb_config, seed=ctx.cfg.seed, device=ctx.cfg.device)
-    ddb_cfg.data = ctx.cfg.data
-    amp, _, _ = synthetic_amplifier(Context(ddb_cfg, ctx.run))
+    _, amp = ddb_amplifier(ctx, di.ddb_config)
     return score_stage(ctx, "amplifier_scores", amp)
 
 
