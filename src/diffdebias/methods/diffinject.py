@@ -316,8 +316,10 @@ def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet,
 
 
 def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, errors: torch.Tensor,
-                   inputs: tuple[str, ...]) -> torch.Tensor:
-    """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``).
+                   inputs: tuple[str, ...]) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``), and the keys of
+    the stages the filters read beyond ``inputs`` (the GCE classifier of ``conflicting``), which the final
+    classifier's key must cover.
 
     An image whose luminance no longer correlates with its style image's (``similar``), or whose nearest real images
     carry another label (``neighbours``), has lost the structure its label comes from (on Colored MNIST, the digit),
@@ -327,6 +329,7 @@ def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, error
     ``errors`` and ``inputs`` (the stage keys the images and errors come from) serve ``crossfit``."""
     di = ctx.cfg.diffinject
     keep = torch.ones(len(synthetic), dtype=torch.bool)
+    read: tuple[str, ...] = ()
     for name in di.keep_filters():
         if name == "similar":
             style_images = ctx.data.train.images[style]
@@ -334,11 +337,12 @@ def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, error
         elif name == "neighbours":
             keep &= neighbours_agree(synthetic.images, synthetic.labels, ctx.data.train, di.neighbours)
         elif name == "conflicting":
-            biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier).model
-            keep &= predict_logits(biased, synthetic.images).argmax(1) != synthetic.labels
+            biased = train_stage(ctx, "biased_classifier", ctx.cfg.amplifier)
+            keep &= predict_logits(biased.model, synthetic.images).argmax(1) != synthetic.labels
+            read += (biased.key,)
         else:
             keep &= crossfit_agree(ctx, synthetic, keep, errors, inputs)
-    return keep
+    return keep, read
 
 
 def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors: torch.Tensor,
@@ -407,7 +411,8 @@ def upsample_key(ctx: Context, errors: torch.Tensor) -> dict[str, Any]:
     return {"upsample_errors": di.upsample_errors, "copies": error_copies(ctx, errors)} if di.upsample_errors else {}
 
 
-def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torch.Tensor) -> Trained:
+def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torch.Tensor,
+                     kept_from: tuple[str, ...] = ()) -> Trained:
     """The classifier on every real image plus the synthetic ones: drawn uniformly (the released code), with a fixed
     synthetic share per epoch, weighted by LfF (``diffinject.final_method=lff``: a GCE model trained beside it
     up-weights what it fails on, real or synthetic; selected as LfF selects when ``classifier.select=valid``), or
@@ -419,7 +424,7 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torc
     extra: dict[str, Any] = {"label_source": di.label_source, **black_key(di), **keep_key(di)}
     weighting: Weighting | None = None
     valid: ImageSet | str = "real"
-    inputs: tuple[str, ...] = (inj.key,)
+    inputs: tuple[str, ...] = (inj.key, *kept_from)  # kept_from: what chose the synthetic images (kept_synthetic)
     if di.upsample_errors:
         weighting = error_weighting(ctx, errors)
         extra.update(upsample_key(ctx, errors))
@@ -451,12 +456,12 @@ def run_diffinject(ctx: Context) -> Trained:
     inj = injection_stage(ctx, diff, pool, (scores.key,))
     generated, pairs = load_injected(ctx, inj)
     errors = misclassified(scores.pred, d.train.labels)
-    keep = kept_synthetic(ctx, generated, pairs["style"], errors, (inj.key, scores.key))
+    keep, kept_from = kept_synthetic(ctx, generated, pairs["style"], errors, (inj.key, scores.key))
     synthetic = ImageSet(generated.images[keep], generated.labels[keep])
     if not len(synthetic):
         ctx.run.log(f"warning: diffinject.keep={cfg.diffinject.keep}: no synthetic image passes "
                     f"({keep_words(cfg.diffinject)}); the classifier sees the real images only")
-    final = final_classifier(ctx, synthetic, inj, errors)
+    final = final_classifier(ctx, synthetic, inj, errors, kept_from)
 
     metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(generated), synthetic_kept=len(synthetic))
