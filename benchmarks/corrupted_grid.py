@@ -49,7 +49,7 @@ def pick(labels: torch.Tensor, bias: torch.Tensor, per: int, c: int) -> tuple[li
 def labelled_grid(split, class_names: list[str], bias: tuple[str, tuple[str, ...]], per: int, scale: int,
                   title: str) -> Image.Image:
     """``bias``: what the bias is called and its values' names (:func:`bias_names`)."""
-    from diffdebias.diffusion.sampling import make_grid_image
+    from diffdebias.diffusion.images import make_grid_image
 
     noun, values = bias
     blank = torch.full(split.images.shape[1:], 255, dtype=torch.uint8)
@@ -95,7 +95,7 @@ def main() -> None:
 
     from diffdebias.config import load_config
     from diffdebias.data import load_dataset
-    from diffdebias.diffusion.sampling import save_png
+    from diffdebias.diffusion.images import save_png
 
     args.out.mkdir(parents=True, exist_ok=True)
     for ratio in args.ratios:

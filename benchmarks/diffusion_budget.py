@@ -40,7 +40,8 @@ def main() -> None:
     from diffdebias.data import load_dataset
     from diffdebias.devices import accelerator
     from diffdebias.diffusion import build_unet, sample, train_diffusion
-    from diffdebias.diffusion.sampling import class_grid, class_labels, resize, save_png
+    from diffdebias.diffusion.images import class_grid, resize, save_png
+    from diffdebias.diffusion.sampling import class_labels
     from diffdebias.evaluation.amplification import aligned_fraction, to_grey
     from diffdebias.methods.diagnostics import SHAPE_CLASSIFIER
     from diffdebias.runs import Stage

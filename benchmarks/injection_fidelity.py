@@ -28,6 +28,8 @@ def main() -> None:
                         help="U-Net autocast of inversion and generation (injection.precision)")
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from diffdebias.diffusion.injection import inject, injection_grid, invert
     from injection_probe import load_probe
 
@@ -45,8 +47,8 @@ def main() -> None:
         for t_boost in (-1, cfg.injection.t_boost):
             gens = [torch.Generator().manual_seed(i) for i in range(len(idx))]
             start = time.perf_counter()
-            back = inject(model, x_T, h, grid, abar, 0.0, cfg.injection.t_edit, t_boost, 1.0, gens,
-                          precision=precision)
+            back = inject(model, x_T, h, grid, abar, replace(cfg.injection, gamma=0.0, t_boost=t_boost, boost_eta=1.0,
+                                                             precision=precision, compile=False), gens)
             seconds = inverted + time.perf_counter() - start
             u8 = p.from_model(back)
             digit = float((p.digits(u8) == labels).double().mean())

@@ -28,13 +28,13 @@ class Probe:
 
     def to_model(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 data images -> [-1, 1] at the U-Net's side (``diffusion.image_size``)."""
-        from diffdebias.diffusion.sampling import resize, to_unit
+        from diffdebias.diffusion.images import resize, to_unit
 
         return to_unit(resize(images, self.model.config.sample_size))
 
     def from_model(self, x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] U-Net outputs -> uint8 images at the data's side."""
-        from diffdebias.diffusion.sampling import resize, to_uint8
+        from diffdebias.diffusion.images import resize, to_uint8
 
         return resize(to_uint8(x), self.train.images.shape[-1])
 

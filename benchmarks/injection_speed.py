@@ -24,9 +24,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from diffdebias.devices import cpu_workers, map_batches
+    from diffdebias.diffusion.images import to_uint8
     from diffdebias.diffusion.injection import inject, injection_grid, invert, truncated_grid
-    from diffdebias.diffusion.sampling import to_uint8
     from injection_probe import load_probe
 
     p = load_probe(args.run)
@@ -41,8 +43,7 @@ def main() -> None:
         _, h = invert(model, content[s:s + bs], grid, abar, icfg.t_edit, compiled=compiled)
         x_T, _ = invert(model, style[s:s + bs], grid, abar, compiled=compiled)
         gens = [torch.Generator().manual_seed(s + i) for i in range(bs)]
-        x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta, gens,
-                   icfg.mask, blend_mode=icfg.blend, compiled=compiled)
+        x = inject(model, x_T, h, grid, abar, replace(icfg, precision="fp32", compile=compiled), gens)
         return to_uint8(x)
 
     workers = {False: cpu_workers(torch.device("cpu"), icfg.workers), True: 1}

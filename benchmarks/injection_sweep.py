@@ -32,6 +32,8 @@ def main() -> None:
                         help="injection.t_start: invert only up to this timestep and generate from there")
     args = parser.parse_args()
 
+    from dataclasses import replace
+
     from diffdebias.diffusion.injection import inject, injection_grid, invert, truncated_grid
     from diffdebias.runs import load_tensors
     from injection_probe import load_probe
@@ -55,9 +57,9 @@ def main() -> None:
         for t_edit in args.t_edit:
             for gamma in args.gamma:
                 gens = [torch.Generator().manual_seed(i) for i in range(len(style))]
-                u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, gamma, t_edit,
-                                         t_boost, p.cfg.injection.boost_eta, gens,
-                                         blend_mode=args.blend))
+                icfg = replace(p.cfg.injection, gamma=gamma, t_edit=t_edit, t_boost=t_boost, blend=args.blend,
+                               mask=None, precision="fp32", compile=False)
+                u8 = p.from_model(inject(p.model, x_T, h, grid, p.alphas_cumprod, icfg, gens))
                 digit, colour = p.digits(u8), p.colours(u8)
                 kept = float((digit == label).double().mean())
                 moved = float((colour == content_colour).double().mean())

@@ -50,7 +50,8 @@ def main() -> None:
     from diffdebias.config import load_config
     from diffdebias.devices import accelerator
     from diffdebias.diffusion import load_unet, sample
-    from diffdebias.diffusion.sampling import class_grid, class_labels, save_png
+    from diffdebias.diffusion.images import class_grid, save_png
+    from diffdebias.diffusion.sampling import class_labels
     from diffdebias.evaluation.amplification import aligned_fraction, to_grey
     from diffdebias.methods.diagnostics import SHAPE_CLASSIFIER
     from diffdebias.runs import Stage

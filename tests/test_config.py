@@ -96,3 +96,14 @@ def test_every_shipped_config_and_table_loads():
         table = load_table(path)
         for method, ratio, seed in table.cells():
             assert cell_config(table, method, ratio, seed).data.conflict_ratio == ratio, path
+
+
+def test_the_diffusion_settings_import_without_the_config_schema():
+    """No import cycle: the diffusion settings need only the checks and field markers (no torch, no diffusers)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, diffdebias.diffusion.config; "
+            "print(sorted(m for m in ('diffdebias.config', 'torch', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

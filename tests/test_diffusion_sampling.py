@@ -145,7 +145,7 @@ def test_grey_images_write_as_single_channel_png(tmp_path):
 
 
 def test_resize_keeps_brightness_and_smooth_images():
-    from diffdebias.diffusion.sampling import resize
+    from diffdebias.diffusion.images import resize
 
     dots = (torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.05).to(torch.uint8) * 255
     small = resize(dots, 7)

@@ -5,7 +5,7 @@ import torch
 
 import diffdebias.diffusion.injection as inj
 from diffdebias.config import ConfigError, load_config
-from diffdebias.diffusion import DiffusionConfig, build_unet
+from diffdebias.diffusion import DiffusionConfig, InjectionConfig, build_unet
 from diffdebias.diffusion.schedule import alphas_cumprod
 
 ABAR = alphas_cumprod(DiffusionConfig()).double()
@@ -100,7 +100,8 @@ def test_inversion_then_generation_is_exact_for_an_exact_noise_model(analytic_mo
     grid = inj.injection_grid(1000, steps)
     x_T, recorded = inj.invert(None, analytic_model, grid, ABAR, record_from=400)
     assert sorted(recorded) == [t for t in grid[:-1] if t >= 400]
-    back = inj.inject(None, x_T, recorded, grid, ABAR, gamma=0.0, t_edit=400, t_boost=-1)
+    back = inj.inject(None, x_T, recorded, grid, ABAR,
+                      InjectionConfig(gamma=0.0, t_edit=400, t_boost=-1, precision="fp32"))
     assert torch.allclose(back.double(), analytic_model, atol=1e-5)
 
 
@@ -113,7 +114,8 @@ def test_a_truncated_grid_stops_the_inversion_at_t_start_and_generation_starts_t
     assert max(recorded) < 600
     x_T, _ = inj.invert(None, analytic_model, full, ABAR)
     assert (x_t - x_T).abs().max() > 0.1  # generation starts from the partly noised input, not from x_T
-    back = inj.inject(None, x_t, recorded, grid, ABAR, gamma=0.0, t_edit=400, t_boost=-1)
+    back = inj.inject(None, x_t, recorded, grid, ABAR,
+                      InjectionConfig(gamma=0.0, t_edit=400, t_boost=-1, precision="fp32"))
     assert torch.allclose(back.double(), analytic_model, atol=1e-5)
     with pytest.raises(ValueError, match="t_start"):
         inj.truncated_grid(full, 5)
@@ -133,7 +135,8 @@ def test_h_is_injected_only_from_t_edit_and_noise_only_up_to_t_boost(analytic_mo
 
     monkeypatch.setattr(inj, "ddim_step", spy)
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    inj.inject(None, x_T, recorded, grid, ABAR, gamma=0.3, t_edit=400, t_boost=200, generators=gens)
+    inj.inject(None, x_T, recorded, grid, ABAR,
+               InjectionConfig(gamma=0.3, t_edit=400, t_boost=200, precision="fp32"), gens)
     down = list(reversed(grid))
     assert injected == [t for t in down if t >= 400]
     assert [e for e, _ in etas] == [1.0 if t <= 200 else 0.0 for t in down]
@@ -145,8 +148,8 @@ def test_nothing_changes_with_gamma_zero_and_something_does_with_gamma_one(analy
     x_T, recorded = inj.invert(None, analytic_model, grid, ABAR, record_from=0)
     other = {t: -h for t, h in recorded.items()}
     # this model's x0 prediction forgets x_t, so only an injection at the last step (t_edit = 0) can show
-    same = inj.inject(None, x_T, other, grid, ABAR, gamma=0.0, t_edit=0, t_boost=-1)
-    moved = inj.inject(None, x_T, other, grid, ABAR, gamma=1.0, t_edit=0, t_boost=-1)
+    same = inj.inject(None, x_T, other, grid, ABAR, InjectionConfig(gamma=0.0, t_edit=0, t_boost=-1, precision="fp32"))
+    moved = inj.inject(None, x_T, other, grid, ABAR, InjectionConfig(gamma=1.0, t_edit=0, t_boost=-1, precision="fp32"))
     assert torch.allclose(same.double(), analytic_model, atol=1e-5)
     assert (moved.double() - analytic_model).abs().max() > 0.1
 
@@ -174,8 +177,10 @@ def test_a_trained_tiny_model_reconstructs_its_inputs(tmp_path):
         grid = inj.injection_grid(1000, steps)
         x_T, recorded = inj.invert(model, x0, grid, ABAR, record_from=400, precision=precision)
         assert all(h.dtype == torch.float32 for h in recorded.values())
-        back = inj.inject(model, x_T, recorded, grid, ABAR, gamma=0.5, t_edit=400, t_boost=-1, precision=precision)
-        same = inj.inject(model, x_T, recorded, grid, ABAR, gamma=0.0, t_edit=400, t_boost=-1, precision=precision)
+        back = inj.inject(model, x_T, recorded, grid, ABAR,
+                          InjectionConfig(gamma=0.5, t_edit=400, t_boost=-1, precision=precision))
+        same = inj.inject(model, x_T, recorded, grid, ABAR,
+                          InjectionConfig(gamma=0.0, t_edit=400, t_boost=-1, precision=precision))
         assert back.dtype == same.dtype == torch.float32
         errors[steps, precision] = float((same - x0).abs().mean())
         results[steps, precision] = back

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import BLENDS
-from .models import autocast, unwrap
-from .sampling import ddim_step, predicted_x0
+from .config import BLENDS, InjectionConfig
+from .models import autocast, resolve_precision, unwrap
+from .updates import ddim_step, per_image_noise, predicted_x0
 
 # ---------------------------------------------------------------------------------------------- the U-Net split
 
@@ -225,32 +225,27 @@ def inject(
     content_h: dict[int, torch.Tensor],
     grid: Sequence[int],
     alphas_cumprod: torch.Tensor,
-    gamma: float,
-    t_edit: int,
-    t_boost: int,
-    boost_eta: float = 1.0,
+    cfg: InjectionConfig,
     generators: Sequence[torch.Generator] | None = None,
-    mask: Sequence[float] | None = None,
     progress: bool = False,
-    blend_mode: str = "slerp",
-    precision: str = "fp32",
-    compiled: bool = False,
 ) -> torch.Tensor:
     """Generate from the style's inverted noise ``x_T`` with the content bottleneck blended in; floats in [-1, 1].
+
+    The settings come from ``cfg`` as :func:`.sampling.sample` takes its ``SamplingConfig``: ``gamma``, ``t_edit``,
+    ``t_boost``, ``boost_eta``, ``mask``, ``blend``, ``precision`` (resolved on ``x_T``'s device; the blend and the DDIM
+    update run in fp32) and ``compile`` (:func:`unet_halves`). ``steps`` and ``t_start`` shape ``grid``, which the
+    caller builds once for inversion and generation. ``cfg`` is not validated here, so a sweep may step outside the
+    config's ranges (a ``t_boost`` at or above ``t_edit``).
 
     Args:
         content_h: timestep -> (B, C, h, w) content bottleneck (row i belongs to x_T's row i), recorded by
             :func:`invert` for at least every grid step >= ``t_edit``; the nearest recorded timestep is used.
-        grid: ascending timesteps (:func:`injection_grid`); generation walks it downwards, ending at alpha-bar 1.
-        gamma: slerp weight of the content (0: pure style reconstruction, 1: the content's direction).
-        t_edit: h is blended at steps with t >= t_edit.
-        t_boost: steps with t <= t_boost use eta = ``boost_eta`` (noise from ``generators``, one per row).
-        mask: optional (top, bottom, left, right) box of h, as fractions, for local injection.
-        blend_mode: how h meets the content's (:func:`blend`): ``slerp`` (the paper), ``mean`` or ``adain``.
-        precision: the U-Net's autocast (fp32 | bf16, resolved); the blend and the DDIM update run in fp32.
-        compiled: run the torch.compile'd U-Net halves (:func:`unet_halves`).
+        grid: ascending timesteps (:func:`injection_grid`, :func:`truncated_grid`); generation walks it downwards,
+            ending at alpha-bar 1.
+        generators: one per row, for the noise of the steps with t <= ``t_boost`` ("quality boosting").
     """
-    enc, dec = unet_halves(compiled)
+    enc, dec = unet_halves(cfg.compile)
+    precision = resolve_precision(cfg.precision, x_T.device)
     x = x_T.float()
     steps = list(reversed(grid))
     keys = sorted(content_h)
@@ -261,18 +256,18 @@ def inject(
             h, skips, emb = enc(model, x, i)
             eps = dec(model, h, skips, emb)
         x0 = None
-        if i >= t_edit and gamma > 0:
+        if i >= cfg.t_edit and cfg.gamma > 0:
             if not keys:
-                raise ValueError(f"inject: no content h recorded for t >= t_edit ({t_edit})")
+                raise ValueError(f"inject: no content h recorded for t >= t_edit ({cfg.t_edit})")
             h_c = content_h[nearest_recorded(i, keys)].to(h.device, torch.float32)
-            h_injected = blend(h.float(), h_c, gamma, mask, blend_mode)
+            h_injected = blend(h.float(), h_c, cfg.gamma, cfg.mask, cfg.blend)
             with autocast(precision, x.device):
                 x0 = predicted_x0(x, dec(model, h_injected, skips, emb), abar_t)
-        eta = boost_eta if i <= t_boost else 0.0
+        eta = cfg.boost_eta if i <= cfg.t_boost else 0.0
         noise = None
         if eta > 0 and j >= 0:
             if generators is None:
                 raise ValueError("inject: quality boosting (eta > 0) needs one generator per image")
-            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x.device)
+            noise = per_image_noise(generators, x.shape[1:], x.device)
         x = ddim_step(x, eps, abar_t, abar_prev, eta, noise, x0=x0)
     return x

@@ -1,4 +1,5 @@
-"""U-Net presets on diffusers' ``UNet2DModel``, precision selection, and saving/loading trained weights.
+"""U-Net presets on diffusers' ``UNet2DModel``, how it runs (precision, fixed batch shapes for compiled models), and
+saving/loading trained weights.
 
 Class conditioning uses ``num_class_embeds = num_classes + 1``: the label embedding is added to the timestep
 embedding, and the LAST index (:func:`null_label`) is a learned "no label" class for classifier-free guidance.
@@ -57,7 +58,7 @@ def null_label(num_classes: int) -> int:
 
 def model_num_classes(model: torch.nn.Module) -> int | None:
     """Number of real classes of a model built by :func:`build_unet` (None for an unconditional one)."""
-    n = _config(model).get("num_class_embeds")
+    n = model_config(model).get("num_class_embeds")
     return None if n is None else int(n) - 1
 
 
@@ -67,7 +68,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)  # DDP wrapper
 
 
-def _config(model: torch.nn.Module) -> dict[str, Any]:
+def model_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The diffusers config of a (possibly wrapped) U-Net, as a plain dict."""
     return dict(unwrap(model).config)
 
 
@@ -130,7 +132,7 @@ def build_unet(
     )
 
 
-# ---------------------------------------------------------------------------------------------------- precision
+# -------------------------------------------------------------------------------------- precision, batch shapes
 
 
 def cpu_has_native_bf16() -> bool:
@@ -173,6 +175,12 @@ def autocast(precision: str, device: torch.device | str):
     """The autocast context for a resolved precision (a no-op context for fp32)."""
     device = torch.device(device)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def pad_rows(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` with its first row repeated up to ``size`` rows: a compiled model sees one batch shape only."""
+    pad = size - len(rows)
+    return torch.cat([rows, rows[:1].expand(pad, *rows.shape[1:])]) if pad > 0 else rows
 
 
 # ------------------------------------------------------------------------------------------------- save / load

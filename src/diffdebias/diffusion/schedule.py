@@ -1,7 +1,7 @@
 """Noise schedules (diffusers schedulers with every setting explicit) and P2 loss weights.
 
 We use diffusers' schedulers for two things only: the beta/alpha-bar tables and the inference timestep grid. The
-update rules themselves are ours (:mod:`diffdebias.diffusion.sample`), since DDIM inversion and h-space injection need
+update rules themselves are ours (:mod:`diffdebias.diffusion.updates`), since DDIM inversion and h-space injection need
 them in the open. Every scheduler argument is passed explicitly so a change of library default cannot change results.
 """
 

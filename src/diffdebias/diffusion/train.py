@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ..runs import Stage, check_finite, load_resumable_shared, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
+from .images import class_grid, make_grid_image, save_png, to_unit
 from .models import autocast, load_unet, model_num_classes, null_label, resolve_precision, save_unet
-from .sampling import class_grid, make_grid_image, sample, save_png, to_unit
+from .sampling import sample
 from .schedule import alphas_cumprod, p2_weights
 
 __all__ = ["train_diffusion", "load_unet", "ema_decay_at", "lr_at"]

@@ -10,7 +10,7 @@ import torch
 
 def rows_figure(rows: list[torch.Tensor], path: Path) -> Path:
     """One row per batch of uint8 images, cut to the shortest batch."""
-    from ..diffusion.sampling import make_grid_image, save_png
+    from ..diffusion.images import make_grid_image, save_png
 
     n = min(len(r) for r in rows)
     path.parent.mkdir(parents=True, exist_ok=True)

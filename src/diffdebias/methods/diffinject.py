@@ -144,8 +144,9 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
+        from ..diffusion.images import resize, to_uint8, to_unit
         from ..diffusion.injection import check_splittable, inject, injection_grid, invert, truncated_grid
-        from ..diffusion.sampling import pad_rows, resize, to_uint8, to_unit
+        from ..diffusion.models import pad_rows
         from ..diffusion.schedule import alphas_cumprod
 
         d = ctx.data
@@ -205,8 +206,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
             x_T, _ = invert(model, unit(style), grid, abar, precision=precision, compiled=icfg.compile)
             h = {t: v[position[content]] for t, v in content_h.items()}
             gens = [torch.Generator().manual_seed(int(v)) for v in padded(pairs["seeds"][s:e])]
-            x = inject(model, x_T, h, grid, abar, icfg.gamma, icfg.t_edit, icfg.t_boost, icfg.boost_eta,
-                       gens, icfg.mask, blend_mode=icfg.blend, precision=precision, compiled=icfg.compile)
+            x = inject(model, x_T, h, grid, abar, icfg, gens)
             bar.update(e - s)
             return resize(to_uint8(x[: e - s]).cpu(), side)
 

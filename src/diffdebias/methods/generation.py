@@ -23,7 +23,7 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
 
     def compute(stage: Stage) -> None:
         from ..diffusion import build_unet, train_diffusion
-        from ..diffusion.sampling import resize
+        from ..diffusion.images import resize
 
         acc = accelerator(ctx.cfg.device)
         acc.gradient_accumulation_steps = cfg.gradient_accumulation
@@ -49,7 +49,8 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
 
     def compute(stage: Stage) -> None:
         from ..diffusion import load_unet, write_synthetic_dataset
-        from ..diffusion.sampling import class_labels, draw_seeds, resize, sample_sharded
+        from ..diffusion.images import resize
+        from ..diffusion.sampling import class_labels, draw_seeds, sample_sharded
 
         acc = accelerator(ctx.cfg.device)
         model = load_unet(diffusion.path(UNET))
