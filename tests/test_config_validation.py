@@ -152,8 +152,8 @@ def test_name_lists_match_their_owners():
     from diffdebias.data import SOURCES
     from diffdebias.data.cmnist import VALID_BIAS_ORDERS
     from diffdebias.methods import METHODS
-    from diffdebias.methods.baselines import VALID_GROUPS
     from diffdebias.methods.detection import RULES
+    from diffdebias.methods.parts import VALID_GROUPS
 
     assert config.METHOD_NAMES == tuple(sorted(METHODS))
     assert config.ARCHS == ARCHS

@@ -44,3 +44,16 @@ def test_a_registered_method_runs_and_writes_the_metrics_schema(tmp_path, fake_m
         # unbiased accuracy is the mean over the label x bias cells, so it lies between the worst cell and the best
         assert m[split]["worst_group_accuracy"] <= m[split]["unbiased_accuracy"] + 1e-9
     assert isinstance(m["supervised"], bool) if "supervised" in m else True
+
+
+def test_no_method_imports_another_method():
+    """Methods share building blocks (common, parts, amplifier, generation, detection), not each other."""
+    import ast
+
+    methods = {"baselines", "ddb", "diffinject", "erm"}
+    for path in (CONFIGS.parents[1] / "src" / "diffdebias" / "methods").glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module not in methods, f"{path.name} imports .{node.module}"

@@ -23,7 +23,7 @@ from .fields import added, execution, side
 METHOD_NAMES = ("ddb", "diffinject", "disent", "disent_be", "erm", "gdro", "jtt", "lff", "lff_be")  # methods.METHODS
 ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "resnet8")  # classifiers.models.ARCHS
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
-VALID_GROUPS = ("errors", "true")  # methods.baselines.VALID_GROUPS
+VALID_GROUPS = ("errors", "true")  # methods.parts.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
 # data.SOURCES (config.py cannot import the data package: it imports this module)
 DATASET_NAMES = ("cmnist", "csv", "urbancars", "imagenet9", "waterbirds", "celeba", "bffhq", "bar", "dogs_cats",

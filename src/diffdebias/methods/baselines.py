@@ -8,7 +8,6 @@ target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by ev
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 
@@ -17,7 +16,6 @@ import torch
 from ..classifiers.debias_weighting import (
     DisEnt,
     FixedSteps,
-    LfFJoint,
     Upsample,
     committee_aligned,
     disent_factory,
@@ -25,36 +23,15 @@ from ..classifiers.debias_weighting import (
 from ..classifiers.losses import cross_entropy
 from ..classifiers.train import predict_logits
 from ..classifiers.weighting import GroupDRO
-from ..config import TrainConfig, key_dict, to_dict
+from ..config import key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
+from .amplifier import ddb_flags
 from .common import Context, Trained, record, train_stage
-from .detection import GROUP_METRICS, identification, with_pseudo_groups
-
-VALID_GROUPS = ("errors", "true")
-
-
-def require_ce(cfg: TrainConfig, method: str) -> None:
-    if cfg.loss != "ce":
-        raise ValueError(f"{method}: classifier.loss must be 'ce' (the target's loss is CE weighted by W), "
-                         f"got '{cfg.loss}'")
-
+from .detection import identification
+from .parts import jtt_copies, lff_selection, lff_weighting, require_ce, selection_valid
 
 # ---------------------------------------------------------------------------------------------------------- LfF
-
-
-def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | None = None) -> LfFJoint:
-    """LfF's weights for a target trained on ``train`` with the ``classifier`` and ``lff`` sections."""
-    c = ctx.cfg
-    return LfFJoint(train.labels, c.classifier, ctx.data.num_classes, tuple(train.images.shape[1:]), alpha=c.lff.alpha,
-                    q=c.lff.q, ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned_mask)
-
-
-def lff_selection(ctx: Context) -> tuple[ImageSet | str, tuple[str, ...]]:
-    """LfF's valid split for model selection: groups from the errors of an ERM model after ``lff.error_epochs``."""
-    c = ctx.cfg
-    return selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
-        ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last", ensemble=1)))
 
 
 def run_lff(ctx: Context) -> Trained:
@@ -67,15 +44,6 @@ def run_lff(ctx: Context) -> Trained:
 
 
 # ---------------------------------------------------------------------------------------------------------- JTT
-
-
-def jtt_copies(lambda_up: int, n: int, errors: int) -> int:
-    """Extra copies of each error point; ``-1`` is JTT's automatic ``int((N - |E|) / |E|) - 1``."""
-    if lambda_up >= 0:
-        return lambda_up
-    if lambda_up != -1:
-        raise ValueError(f"jtt.lambda_up must be >= 0 or -1 (auto), got {lambda_up}")
-    return max(int((n - errors) / errors) - 1, 0) if errors else 0
 
 
 def run_jtt(ctx: Context) -> Trained:
@@ -94,8 +62,6 @@ def run_jtt(ctx: Context) -> Trained:
 
     valid, valid_keys = selection_valid(ctx, j.valid_groups, "jtt.valid_groups", identify)
     if c.detection.source == "ddb":  # DDB as the plug-in detector: its flagged samples are the error set
-        from .ddb import ddb_flags
-
         flags, key, rule = ddb_flags(ctx)
         index = flags.nonzero().squeeze(1)
         copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
@@ -117,24 +83,6 @@ def run_jtt(ctx: Context) -> Trained:
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
     return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
                        extra_config={"jtt": key_dict(j), "copies": copies}, valid=valid)
-
-
-def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]
-                    ) -> tuple[ImageSet | str, tuple[str, ...]]:
-    """The valid split that selects a model when ``classifier.select=valid`` uses a group metric, and the keys it
-    depends on. ``errors``: groups are label x misclassified by an ``early`` ERM model (JTT's stage 1: the rule that
-    builds its error set), so no bias label is read; ``true``: the valid split's bias labels (recorded as supervised).
-    """
-    c = ctx.cfg.classifier
-    if groups not in VALID_GROUPS:
-        raise ValueError(f"{field} must be one of {', '.join(VALID_GROUPS)}, got '{groups}'")
-    if c.select != "valid" or c.select_metric not in GROUP_METRICS:
-        return "real", ()
-    if groups == "true":
-        return "real", ()  # the true groups: train_stage marks the run supervised
-    model, v = early(), ctx.data.valid
-    wrong = predict_logits(model.model, v.images, precision=c.precision).argmax(1) != v.labels
-    return with_pseudo_groups(v, wrong, ctx.data.num_classes), (model.key,)
 
 
 # ---------------------------------------------------------------------------------------------------- Group-DRO
@@ -221,8 +169,6 @@ def run_lff_be(ctx: Context) -> Trained:
     c, d = ctx.cfg, ctx.data
     require_ce(c.classifier, "lff_be")
     if c.detection.source == "ddb":  # DDB as the plug-in detector: what it does not flag is pseudo-aligned
-        from .ddb import ddb_flags
-
         flags, key, rule = ddb_flags(ctx)
         return train_stage(ctx, "lff_be", c.classifier, weighting=lff_weighting(ctx, d.train, aligned_mask=~flags),
                            inputs=(key,), extra_config={"lff": key_dict(c.lff), "detector": rule})

@@ -25,9 +25,11 @@ from ..config import DiffInjectConfig, key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, gather_parts, launched, map_batches, my_part, share
 from ..runs import Stage, load_resumable, load_resumable_shared, load_tensors, save_tensors
+from .amplifier import ddb_amplifier
 from .common import Context, Scores, Trained, evaluate_stage, score_stage, train_stage
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import UNET, diffusion_stage
+from .parts import jtt_copies, lff_selection, lff_weighting, require_ce
 
 INJECTED = "injected.safetensors"
 
@@ -70,8 +72,6 @@ def ranking_scores(ctx: Context) -> Scores:
     di = ctx.cfg.diffinject
     if di.content_source == "gce":
         return score_stage(ctx, "biased_scores", train_stage(ctx, "biased_classifier", ctx.cfg.amplifier))
-    from .ddb import ddb_amplifier
-
     _, amp = ddb_amplifier(ctx, di.ddb_config)
     return score_stage(ctx, "amplifier_scores", amp)
 
@@ -394,8 +394,6 @@ def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
 
 def error_copies(ctx: Context, errors: torch.Tensor) -> int:
     """Extra copies per epoch of each real error (``diffinject.upsample_errors``; -1: JTT's rule over the real set)."""
-    from .baselines import jtt_copies
-
     return jtt_copies(ctx.cfg.diffinject.upsample_errors, len(ctx.data.train), len(errors))
 
 
@@ -429,8 +427,6 @@ def final_classifier(ctx: Context, synthetic: ImageSet, inj: Stage, errors: torc
         weighting = error_weighting(ctx, errors)
         extra.update(upsample_key(ctx, errors))
     elif di.final_method == "lff":
-        from .baselines import lff_selection, lff_weighting, require_ce
-
         require_ce(cfg.classifier, "diffinject.final_method=lff")
         extra.update(final_method="lff", lff=key_dict(cfg.lff))
         valid, selection_inputs = lff_selection(ctx)
