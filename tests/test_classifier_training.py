@@ -65,6 +65,16 @@ def test_augment_is_a_shifted_crop_or_flip():
         assert any(torch.equal(out[i], c) for c in crops)
 
 
+def test_augment_without_flip_keeps_the_same_crops_unmirrored():
+    x = torch.rand(64, 1, 6, 6)  # asymmetric content: a flip is visible
+    with_flip = augment(x, torch.Generator().manual_seed(3), pad=1)
+    without = augment(x, torch.Generator().manual_seed(3), pad=1, flip=False)
+    mirrored = [i for i in range(64) if not torch.equal(with_flip[i], without[i])]
+    assert 16 < len(mirrored) < 48  # about half were flipped ...
+    for i in range(64):  # ... and each is the same crop, mirrored or not
+        assert torch.equal(with_flip[i], without[i]) or torch.equal(with_flip[i], without[i].flip(-1))
+
+
 @pytest.mark.parametrize("arch,shape", [("mlp", (3, 28, 28)), ("mlp16", (3, 28, 28)), ("resnet18_cifar", (3, 32, 32))])
 def test_models_output_logits(arch, shape):
     m = build_classifier(arch, 7, shape)

@@ -58,7 +58,6 @@ def test_unconditional_model_and_seeded_init():
         (lambda: DiffusionConfig(precision="fp16").validate(), "diffusion.precision"),
         (lambda: DiffusionConfig(label_dropout=1.5).validate(), "diffusion.label_dropout"),
         (lambda: DiffusionConfig(batch_size=10, gradient_accumulation=4).validate(), "diffusion.batch_size"),
-        (lambda: DiffusionConfig(prediction_type="v_prediction").validate(), "diffusion.prediction_type"),
         (lambda: SamplingConfig(sampler="euler").validate(), "sampling.sampler"),
         (lambda: SamplingConfig(timestep_spacing="even").validate(), "sampling.timestep_spacing"),
         (lambda: SamplingConfig(guidance_scale=-1).validate(), "sampling.guidance_scale"),

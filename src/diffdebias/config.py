@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,8 @@ class TrainConfig:
     #   only in its seed (initial weights, batch order); the model is their mean softmax. A method's final classifier
     #   and its ERM comparison; the models that find errors or filter images (JTT's, crossfit, committees) stay single
     augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
+    flip: bool = added(True)  # augment: the horizontal flip too. A flip is a prior that the bias survives mirroring:
+    #                           colour does, a direction (stripes, text, a pose) does not (docs/results.md, #38)
     select: str = "valid"  # model selection: valid (best valid metric) | last (last epoch). Never test.
     select_metric: str = "accuracy"  # metric of the valid split used by select=valid
     eval_every: int = 1  # epochs between valid evaluations (and checkpoints)
@@ -375,6 +379,20 @@ class Config:
     injection: InjectionConfig = field(default_factory=InjectionConfig)
 
 
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING)
+# Keys a config may still name though nothing reads them any more (configs saved by older runs, older files): loading
+# warns and drops them, where an unknown key would be an error. Key -> why it went.
+RETIRED = {"diffusion.prediction_type": "it had one value, epsilon, the only prediction the U-Net makes"}
+
+
+def settings_dict(cfg: Config, sections: Iterable[str]) -> dict[str, Any]:
+    """``cfg`` as a dict of its top-level fields and of ``sections`` only (those its method reads): what a run saves
+    and a benchmark compares, so a default changed in a section the method never reads leaves its runs valid."""
+    sections = set(sections)
+    return {f.name: to_dict(getattr(cfg, f.name)) if f.name in sections else getattr(cfg, f.name)
+            for f in dataclasses.fields(cfg) if f.name not in SECTIONS or f.name in sections}
+
+
 # ------------------------------------------------------------------------------------------------------- loading
 
 
@@ -434,8 +452,12 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "", default: Any =
     amplifier's GCE loss, not those of its class)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
+    for key in list(data):
+        if prefix + key in RETIRED:
+            warnings.warn(f"config key '{prefix}{key}' is retired and ignored: {RETIRED[prefix + key]}",
+                          FutureWarning, stacklevel=2)  # FutureWarning: the deprecation warning users see
+            data = {k: v for k, v in data.items() if k != key}
+        elif key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
     default = cls() if default is None else default
     kwargs = {}
@@ -522,9 +544,6 @@ def validate(cfg: Config) -> Config:
                           f"({cfg.diffusion.num_train_timesteps})")
     if cfg.method == "ddb" and not cfg.diffusion.conditional:
         raise ConfigError("ddb needs a class-conditional diffusion model: set diffusion.conditional=true")
-    if not cfg.diffusion.conditional and cfg.sampling.guidance_scale != 1:
-        raise ConfigError("sampling.guidance_scale != 1 needs a null class, which only a conditional model has "
-                          "(diffusion.conditional=true)")
     return cfg
 
 
@@ -550,4 +569,5 @@ def key_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """A config, a section, or a dict (:func:`settings_dict`) as YAML, in field order."""
+    return yaml.safe_dump(cfg if isinstance(cfg, dict) else to_dict(cfg), sort_keys=False)

@@ -9,7 +9,7 @@ from .config import Config, dump_yaml, key_dict
 from .data import describe, split_table
 from .devices import process_group
 from .evaluation.report import write_report
-from .methods import Context, get_method
+from .methods import Context, get_method, method_settings
 from .methods.common import evaluate_stage, record
 from .runs import Run, Stage, finite_json, read_json, write_json, write_text
 
@@ -31,9 +31,9 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
     t0 = time.time()
     process_group(cfg.device)  # joins the launcher's processes before the first stage; nothing in a single process
     run = Run(out or default_out(cfg), cfg.seed, quiet=quiet, stage_cache=stage_cache)
-    if run.main:
-        write_text(run.root / "config.yaml", dump_yaml(cfg))
     method = get_method(cfg.method)
+    if run.main:  # what the method reads (the top-level fields and its sections), as benchmark tables compare it
+        write_text(run.root / "config.yaml", dump_yaml(method_settings(cfg)))
     ctx = Context(cfg, run)
 
     def summarise(stage: Stage) -> None:

@@ -47,16 +47,17 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, batched on tensors."""
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip (unless ``flip`` is off), batched on tensors. The
+    same draws are made either way, so turning the flip off leaves the crops unchanged."""
     n, _, h, w = x.shape
     padded = nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flips = (torch.rand(n, generator=generator) < 0.5) & flip
     rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (n, h)
     cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (n, w)
-    cols = torch.where(flip[:, None].to(x.device), cols.flip(1), cols)
+    cols = torch.where(flips[:, None].to(x.device), cols.flip(1), cols)
     idx_n = torch.arange(n, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
@@ -190,7 +191,7 @@ def train_classifier(
             index = order[start : start + cfg.batch_size]
             x = to_float(train.images[index], device)
             if cfg.augment:
-                x = augment(x, g)
+                x = augment(x, g, flip=cfg.flip)
             y = labels_all[index].to(device)
             mine = my_part(len(index)) if parallel else slice(None)
             with autocast(device, cfg.precision):

@@ -44,7 +44,6 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # first beta of the schedule (open; DDPM)
     beta_end: float = 0.02  # last beta of the schedule (open; DDPM)
     clip_sample: bool = True  # clamp the predicted x0 to [-1, 1] at each sampling step (data lives in [-1, 1])
-    prediction_type: str = "epsilon"  # what the network predicts; only epsilon (both papers) is implemented
     label_dropout: float = 0.1  # P(label -> null class) in training, for classifier-free guidance (DDB: 0.1)
     p2_gamma: float = 0.0  # P2 weight exponent gamma in 1/(k + SNR)^gamma; 0 = plain MSE (DiffInject: 1 or 0.5)
     p2_k: float = 1.0  # P2 offset k (DiffInject/P2: 1)
@@ -69,7 +68,6 @@ class DiffusionConfig:
         choice(f"{name}.preset", self.preset, PRESETS, err)
         choice(f"{name}.precision", self.precision, PRECISIONS, err)
         choice(f"{name}.beta_schedule", self.beta_schedule, ("linear", "scaled_linear", "squaredcos_cap_v2"), err)
-        choice(f"{name}.prediction_type", self.prediction_type, ("epsilon",), err)
         for key in ("num_train_timesteps", "steps", "batch_size", "gradient_accumulation", "checkpoint_every",
                     "log_every"):
             count(f"{name}.{key}", getattr(self, key), error=err)

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
+from ..config import Config, settings_dict
 from .baselines import BASELINES
-from .common import Context, Trained
+from .common import Context, Method, Trained
 from .ddb import run_ddb
 from .diffinject import run_diffinject
 from .erm import run_erm
 
-METHODS: dict[str, Callable[[Context], Trained]] = {
-    "erm": run_erm,
-    "ddb": run_ddb,
-    "diffinject": run_diffinject,
+METHODS: dict[str, Method] = {
+    "erm": Method(run_erm, ("data", "classifier")),
+    "ddb": Method(run_ddb, ("data", "classifier", "amplifier", "detection", "groupdro", "lff", "ddb", "diffusion",
+                            "sampling")),
+    "diffinject": Method(run_diffinject, ("data", "classifier", "amplifier", "diffinject", "diffusion", "injection",
+                                          "lff")),  # lff: final_method=lff
     **BASELINES,
 }
 
+__all__ = ["METHODS", "Context", "Method", "Trained", "get_method", "method_settings"]
 
-def get_method(name: str) -> Callable[[Context], Trained]:
+
+def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
+
+
+def method_settings(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as its runs save it and benchmark tables compare it: the top-level fields and its method's sections."""
+    return settings_dict(cfg, get_method(cfg.method).sections)

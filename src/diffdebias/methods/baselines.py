@@ -27,7 +27,7 @@ from ..config import key_dict, to_dict
 from ..data.base import ImageSet
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .amplifier import ddb_flags
-from .common import Context, Trained, record, train_stage
+from .common import Context, Method, Trained, record, train_stage
 from .detection import identification
 from .parts import jtt_copies, lff_selection, lff_weighting, require_ce, selection_valid
 
@@ -189,11 +189,11 @@ def run_disent_be(ctx: Context) -> Trained:
                                                               "bias_ensemble": to_dict(c.bias_ensemble)})
 
 
-BASELINES = {
-    "lff": run_lff,
-    "jtt": run_jtt,
-    "gdro": run_gdro,
-    "disent": run_disent,
-    "lff_be": run_lff_be,
-    "disent_be": run_disent_be,
+BASELINES = {  # detection: its source and ddb_config (DDB as the plug-in detector)
+    "lff": Method(run_lff, ("data", "classifier", "lff")),
+    "jtt": Method(run_jtt, ("data", "classifier", "jtt", "detection")),
+    "gdro": Method(run_gdro, ("data", "classifier", "groupdro")),
+    "disent": Method(run_disent, ("data", "classifier", "disent", "lff")),
+    "lff_be": Method(run_lff_be, ("data", "classifier", "lff", "bias_ensemble", "detection")),
+    "disent_be": Method(run_disent_be, ("data", "classifier", "disent", "lff", "bias_ensemble")),
 }

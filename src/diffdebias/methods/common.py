@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -70,6 +71,20 @@ class Trained:
         if len(self.members) > 1:
             return SoftmaxAverage([p.model for p in self.parts])
         return load_classifier(self.stage, self.cfg, self.build_model)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method and the config sections it reads besides the top-level fields (name, method, seed, device): a run
+    saves, and a benchmark table compares, only those, so a default changed in another section leaves its finished
+    runs valid. A plug-in detector's sections (``detection.ddb_config``, ``diffinject.ddb_config``) come from its own
+    config file, not this run's."""
+
+    run: Callable[[Context], Trained]
+    sections: tuple[str, ...]
+
+    def __call__(self, ctx: Context) -> Trained:
+        return self.run(ctx)
 
 
 def record(ctx: Context, key: str, value: Any) -> None:

@@ -35,7 +35,8 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
             model = build_unet(cfg.preset, s, images.shape[1], num_classes)
         train_diffusion(stage, model, images, data.labels, cfg, accelerator=acc)
 
-    return ctx.run.cached(name, key_dict(cfg), compute, inputs, distributed=True)
+    key = {**key_dict(cfg), "prediction_type": "epsilon"}  # a retired setting's one value: cached models keep keys
+    return ctx.run.cached(name, key, compute, inputs, distributed=True)
 
 
 def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConfig, dcfg: DiffusionConfig,
