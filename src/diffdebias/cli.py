@@ -20,6 +20,7 @@ EPILOG = """examples:
   diffdebias data check --csv my_images.csv --root my_images/
   diffdebias report runs/erm-1pct
   diffdebias bench configs/tables/cmnist.yaml --shard 0/2
+  diffdebias scoreboard   (configs/scoreboard.yaml's rows, from the run folders, into docs/results.md)
   torchrun --nproc_per_node 2 -m diffdebias run configs/cmnist/ddb.yaml   (one run, two processes)
 """
 
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n, or auto: from "
                        "a Slurm job array (SLURM_ARRAY_TASK_ID/COUNT) or a launcher (RANK/WORLD_SIZE)")
     bench.add_argument("--collect-only", action="store_true", help="only collect finished runs into tables")
+
+    board = sub.add_parser("scoreboard", parents=[debug],
+                           help="collect the rows of a scoreboard spec from their tables' run folders into the "
+                           "marked block of a markdown file (trains nothing)")
+    board.add_argument("spec", nargs="?", default="configs/scoreboard.yaml",
+                       help="scoreboard YAML (default: configs/scoreboard.yaml)")
+    board.add_argument("--out", default="docs/results.md", help="markdown file whose block between "
+                       "<!-- scoreboard:begin --> and <!-- scoreboard:end --> is rewritten (default: docs/results.md)")
 
     report = sub.add_parser("report", parents=[debug], help="(re)write report.md of a run directory")
     report.add_argument("run_dir")
@@ -115,6 +124,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             run_table(table, shard, log=print if is_main() else lambda msg: None)
         if is_main():
             print(write_tables(table))
+        return 0
+    if args.command == "scoreboard":
+        from .scoreboard import update
+
+        print(update(args.spec, args.out, log=lambda msg: print(msg, file=sys.stderr)))
         return 0
     if args.command == "report":
         from .evaluation.report import write_report

@@ -199,7 +199,7 @@ class DDBConfig:
     #   MNIST) that the target's falls far below, so W = L_amp / (L_amp + L_target) saturates near 1 for every sample;
     #   T < 1 sharpens the amplifier's confidence, sending its aligned loss towards 0. Per dataset: T = 0.25 gave
     #   +17 points on Colored MNIST 1 % and -1 to -3.5 on Textured MNIST and Corrupted FMNIST, where the amplifier's
-    #   ranking, not W's saturation, is the limit (docs/results.md, "Recipe II's saturation";
+    #   ranking, not W's saturation, is the limit (docs/notebook.md, "Recipe II's saturation";
     #   configs/cmnist/ddb_recipe2_sharp.yaml)
 
     def validate(self, name: str = "ddb") -> DDBConfig:
