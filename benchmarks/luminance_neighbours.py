@@ -22,7 +22,7 @@ def main() -> None:
     from diffdebias.config import load_config
     from diffdebias.data import load_dataset
     from diffdebias.evaluation.metrics import accuracy_metrics
-    from diffdebias.methods.diffinject import neighbour_votes
+    from diffdebias.methods.synthetic_filters import neighbour_votes
 
     print("ratio  k  test_accuracy  unbiased  conflicting")
     for ratio in args.ratios:

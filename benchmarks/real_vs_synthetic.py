@@ -58,7 +58,7 @@ def main() -> None:
 
     from diffdebias.config import load_config
     from diffdebias.data import load_dataset
-    from diffdebias.methods.diffinject import black_level, match_black_level
+    from diffdebias.methods.synthetic_filters import black_level, match_black_level
     from diffdebias.runs import load_tensors
 
     cfg = load_config(args.run / "config.yaml")

@@ -49,7 +49,7 @@ def main() -> None:
     from diffdebias.data.cmnist import COLORS
     from diffdebias.evaluation.amplification import to_grey
     from diffdebias.methods.common import Context, train_stage
-    from diffdebias.methods.diffinject import match_black_level, neighbours_agree, pearson
+    from diffdebias.methods.synthetic_filters import match_black_level, neighbours_agree, pearson
     from diffdebias.runs import Run, Stage, load_tensors
     from injection_probe import load_probe
 

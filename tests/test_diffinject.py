@@ -5,14 +5,8 @@ import pytest
 import torch
 
 from diffdebias.cli import main
-from diffdebias.methods.diffinject import (
-    black_level,
-    match_black_level,
-    misclassified,
-    neighbours_agree,
-    pearson,
-    top_k_per_class,
-)
+from diffdebias.methods.content_pools import misclassified, top_k_per_class
+from diffdebias.methods.synthetic_filters import black_level, match_black_level, neighbours_agree, pearson
 
 TINY = [
     "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
@@ -293,7 +287,7 @@ def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_
     from diffdebias.config import load_config
     from diffdebias.data.base import ImageSet
     from diffdebias.methods.common import Context
-    from diffdebias.methods.diffinject import crossfit_agree
+    from diffdebias.methods.synthetic_filters import crossfit_agree
     from diffdebias.runs import Run
 
     cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05",
@@ -407,7 +401,7 @@ def test_map_batches_keeps_the_order_and_restores_the_thread_count():
 
 def test_keep_key_holds_only_the_settings_its_filters_read():
     from diffdebias.config import load_config
-    from diffdebias.methods.diffinject import keep_key
+    from diffdebias.methods.synthetic_filters import keep_key
 
     def key(*overrides):
         return keep_key(load_config("configs/cmnist/diffinject.yaml", list(overrides)).diffinject)

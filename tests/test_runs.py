@@ -128,3 +128,29 @@ def test_two_processes_needing_one_stage_compute_it_once(tmp_path):
     assert any("waiting" in w for w in waits)
     assert second.events == [{"stage": "diffusion", "skipped": True}]
     assert (tmp_path / "b" / "diffusion" / "weights.txt").read_text() == "trained" and st.done
+
+
+def test_chunked_work_resumes_at_the_chunks_it_lacks(tmp_path):
+    from diffdebias.runs import chunked
+
+    run = Run(tmp_path / "run", seed=0, quiet=True)
+    st = run.stage("images", {})
+    st.prepare()
+    asked = []
+
+    def compute(start, stop):
+        asked.append((start, stop))
+        if start == 8 and len(asked) < 4:
+            raise KeyboardInterrupt  # killed in the third chunk
+        return torch.arange(start, stop)
+
+    with pytest.raises(KeyboardInterrupt), chunked(st, 10, 4, compute):
+        pass
+    assert sorted(p.name for p in st.dir.glob("chunk_*")) == ["chunk_0000.safetensors", "chunk_0001.safetensors"]
+    resumed = []
+    with pytest.raises(RuntimeError), chunked(st, 10, 4, compute, resumed.append) as whole:
+        raise RuntimeError  # the block that saves the whole fails: the chunks stay
+    assert resumed == [8] and asked[3:] == [(8, 10)] and torch.equal(whole, torch.arange(10))
+    with chunked(st, 10, 4, compute) as again:
+        assert torch.equal(again, torch.arange(10)) and len(asked) == 4  # every chunk saved: nothing computed
+    assert not list(st.dir.glob("chunk_*"))

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,6 +343,36 @@ class Stage:
     def finish(self) -> None:
         self.checkpointed()
         write_text(self.dir / "DONE", self.key + "\n")
+
+
+@contextmanager
+def chunked(stage: Stage, n: int, chunk: int, compute: Callable[[int, int], torch.Tensor],
+            resumed: Callable[[int], Any] = lambda rows: None) -> Iterator[torch.Tensor | None]:
+    """Rows 0..n of a tensor that ``compute(start, stop)`` makes ``chunk`` rows at a time, each chunk saved in the
+    stage's folder as it finishes (``chunk_KKKK.safetensors``), so a killed stage resumes at the chunks it lacks.
+
+    Of several processes launched together, every one calls ``compute`` for each chunk the main process has not saved
+    (``compute`` shares the work out itself); the ``with`` block gets the whole on the main process, None on the
+    others. ``resumed`` hears how many rows the saved chunks already hold. The chunk files go when the block that
+    saved the whole ends without an error."""
+    main = is_main()
+    starts = range(0, n, chunk)
+    paths = [stage.path(f"chunk_{k:04d}.safetensors") for k in range(len(starts))]
+    parts = [load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log) if main else None
+             for path in paths]
+    resumed(sum(len(part) for part in parts if part is not None))
+    for k in share([k for k, part in enumerate(parts) if part is None]):  # the main process's to-do list
+        start, stop = starts[k], min(starts[k] + chunk, n)
+        stage.log(f"{stage.name}: images {start}-{stop} of {n}")
+        done = compute(start, stop)
+        if main:
+            parts[k] = done
+            save_tensors(paths[k], {"images": done})
+            stage.checkpointed()
+    yield torch.cat(parts) if main else None
+    if main:
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 class Run:

@@ -6,9 +6,9 @@ import torch
 
 from ..config import key_dict
 from ..data.base import ImageSet
-from ..devices import accelerator, share
+from ..devices import accelerator
 from ..diffusion import DiffusionConfig, SamplingConfig
-from ..runs import Stage, load_resumable, load_tensors, save_tensors
+from ..runs import Stage, chunked, load_tensors, save_tensors
 from .common import Context
 
 UNET = "unet.safetensors"
@@ -57,25 +57,15 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
         model = load_unet(diffusion.path(UNET))
         labels = class_labels(num_classes, cfg.per_class)
         seeds = draw_seeds(stage.generator("seeds"), len(labels))
-        starts = range(0, len(labels), chunk)
-        paths = [stage.path(f"chunk_{k:04d}.safetensors") for k in range(len(starts))]
-        parts = [load_resumable(path, lambda p: load_tensors(p)[0]["images"], stage.log) if ctx.run.main else None
-                 for path in paths]
-        for k in share([k for k, part in enumerate(parts) if part is None]):  # the main process's to-do list
-            start = starts[k]
-            stage.log(f"{stage.name}: images {start}-{min(start + chunk, len(labels))} of {len(labels)}")
-            images = sample_sharded(model, cfg, dcfg, labels[start : start + chunk], seeds[start : start + chunk], acc)
-            if ctx.run.main:
-                parts[k] = resize(images, image_size)
-                save_tensors(paths[k], {"images": parts[k]})
-                stage.checkpointed()
-        if not ctx.run.main:
-            return
-        images = torch.cat(parts)
-        save_tensors(stage.path(SYNTHETIC), {"images": images, "labels": labels, "seeds": seeds})
-        write_synthetic_dataset(stage.path("images"), images, labels, seeds)
-        for path in paths:
-            path.unlink(missing_ok=True)
+
+        def sample(start: int, stop: int) -> torch.Tensor:
+            return resize(sample_sharded(model, cfg, dcfg, labels[start:stop], seeds[start:stop], acc), image_size)
+
+        with chunked(stage, len(labels), chunk, sample) as images:
+            if images is None:  # the other processes sampled their parts; the main one writes
+                return
+            save_tensors(stage.path(SYNTHETIC), {"images": images, "labels": labels, "seeds": seeds})
+            write_synthetic_dataset(stage.path("images"), images, labels, seeds)
 
     return ctx.run.cached(name, key_dict(cfg), compute, (diffusion.key,), distributed=True)
 

@@ -1,0 +1,219 @@
+"""What happens to DiffInject's synthetic images between the injection and the final classifier (none of it in the
+paper): their black level matched to the real images' (``diffinject.match_black``), then the filters of
+``diffinject.keep``, a registry keyed by filter name, chained in the config's order, each dropping more.
+
+An image whose luminance no longer correlates with its style image's (``similar``), or whose nearest real images
+carry another label (``neighbours``), has lost the structure its label comes from (on Colored MNIST, the digit), and
+such wrong-label images cost the classifier more than the good ones add; ``conflicting`` drops those the GCE-biased
+classifier already assigns to their label, which teach only the shortcut; ``crossfit`` drops those a classifier
+trained without them does not assign to their label (:func:`crossfit_agree`). None reads a bias label."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..classifiers.train import predict_logits
+from ..config import DiffInjectConfig
+from ..data.base import ImageSet
+from .common import Context, train_stage
+from .content_pools import biased_classifier
+from .final_samplers import error_weighting, upsample_key, with_synthetic
+
+# ------------------------------------------------------------------------------------------------- black level
+
+
+def black_level(images: torch.Tensor, real: torch.Tensor) -> int:
+    """The uint8 level at or below which as large a share of the synthetic values lies as the real values that are 0
+    (0 when no real value is)."""
+    share = float((real == 0).double().mean())
+    if share == 0:
+        return 0
+    counts = torch.bincount(images.flatten().long(), minlength=256).cumsum(0)
+    return int((counts >= share * counts[-1]).nonzero()[0])
+
+
+def match_black_level(images: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """uint8 synthetic images with their levels stretched from [b, 255] to [0, 255], b = :func:`black_level`: the
+    real images' black is exact, the generated one a few levels of noise, a cue that an image is synthetic."""
+    b = min(black_level(images, real), 254)  # 255 only for images that are nearly all white
+    if b == 0:
+        return images
+    return ((images.float() - b) * (255 / (255 - b))).round().clamp(0, 255).to(torch.uint8)
+
+
+def black_key(di: DiffInjectConfig) -> dict[str, Any]:
+    """What ``diffinject.match_black`` adds to the keys of the stages that read the synthetic images (nothing when off,
+    so the stages cached before the setting keep their keys)."""
+    return {"match_black": True} if di.match_black else {}
+
+
+def postprocessed(ctx: Context, synthetic: ImageSet) -> ImageSet:
+    """The synthetic images as the later stages read them: their black level matched to the real images' when
+    ``diffinject.match_black`` is set, else as generated."""
+    if not ctx.cfg.diffinject.match_black:
+        return synthetic
+    return ImageSet(match_black_level(synthetic.images, ctx.data.train.images), synthetic.labels)
+
+
+# ----------------------------------------------------------------------------------------------------- filters
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pair Pearson correlation of two equally long batches, each item flattened."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-12)).float()
+
+
+def neighbour_votes(images: torch.Tensor, real: ImageSet, k: int, chunk: int = 2048) -> torch.Tensor:
+    """(N, classes) counts of the labels of the ``k`` real images nearest to each image. Nearness is the correlation
+    of luminance, each image centred and scaled, which ignores the hue: on Colored MNIST the neighbours vote by their
+    digit, not their colour."""
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().mean(1).flatten(1)
+        return torch.nn.functional.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+    classes = int(real.labels.max()) + 1
+    if not len(images):
+        return torch.zeros(0, classes, dtype=torch.long)
+    ref, query, k = unit(real.images), unit(images), min(k, len(real))
+    return torch.cat([torch.nn.functional.one_hot(real.labels[(query[i:i + chunk] @ ref.T).topk(k, dim=1).indices],
+                                                  classes).sum(1)
+                      for i in range(0, len(query), chunk)])
+
+
+def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet, k: int) -> torch.Tensor:
+    """Whether the label most of the ``k`` real training images nearest to each synthetic image carry
+    (:func:`neighbour_votes`) is its label: a structure check against every real image rather than one style image.
+    It reads the class labels, no bias label."""
+    return neighbour_votes(images, real, k).argmax(1) == labels
+
+
+def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors: torch.Tensor,
+                   inputs: tuple[str, ...]) -> torch.Tensor:
+    """Whether a classifier that never saw a kept synthetic image assigns it its label: the kept images split in two
+    halves (by position), and a classifier on the real images plus one half (the real ``errors`` repeated as in the
+    final classifier) reads the other. An image whose content replaced its style's digit carries a label its picture
+    does not show; the real images teach enough of the digit to expose it, and no bias label or image prior is read.
+    Images outside ``keep`` stay False."""
+    cfg, d, di = ctx.cfg, ctx.data, ctx.cfg.diffinject
+    index = keep.nonzero().flatten()
+    halves = (index[0::2], index[1::2])
+    agree = torch.zeros(len(synthetic), dtype=torch.bool)
+    scorer = replace(cfg.classifier, epochs=di.crossfit_epochs, ensemble=1)  # a filter: one model each
+    extra = {"label_source": di.label_source, **selection_key(di), **upsample_key(ctx, errors)}
+    for k, (seen, held) in enumerate((halves, halves[::-1])):
+        train = with_synthetic(d.train, ImageSet(synthetic.images[seen], synthetic.labels[seen]))
+        model = train_stage(ctx, f"crossfit_{k}", scorer, error_weighting(ctx, errors), train=train, inputs=inputs,
+                            extra_config={**extra, "half": k}).model
+        if len(held):
+            agree[held] = predict_logits(model, synthetic.images[held]).argmax(1) == synthetic.labels[held]
+    return agree
+
+
+@dataclass
+class Candidates:
+    """The synthetic images a filter judges, with what the filters read beside them."""
+
+    images: ImageSet  # labelled and post-processed
+    style: torch.Tensor  # each image's style image (a training index)
+    errors: torch.Tensor  # the real training samples the ranking model misclassifies (crossfit repeats them)
+    inputs: tuple[str, ...]  # keys of the stages the images and the errors come from
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One ``diffinject.keep`` filter: ``keep(ctx, candidates, kept so far)`` gives the mask of the images it keeps
+    and the keys of the stages it read beyond ``candidates.inputs``; ``settings`` are the ``diffinject`` fields it
+    reads (its part of the stage keys), ``words`` the report's description."""
+
+    keep: Callable[[Context, Candidates, torch.Tensor], tuple[torch.Tensor, tuple[str, ...]]]
+    settings: tuple[str, ...]
+    words: Callable[[DiffInjectConfig], str]
+
+
+def keep_similar(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+    style_images = ctx.data.train.images[c.style]
+    r = pearson(c.images.images.float().mean(1), style_images.float().mean(1))
+    return r >= ctx.cfg.diffinject.min_similarity, ()
+
+
+def keep_neighbours(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+    return neighbours_agree(c.images.images, c.images.labels, ctx.data.train, ctx.cfg.diffinject.neighbours), ()
+
+
+def keep_conflicting(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+    biased = biased_classifier(ctx)
+    return predict_logits(biased.model, c.images.images).argmax(1) != c.images.labels, (biased.key,)
+
+
+def keep_crossfit(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+    return crossfit_agree(ctx, c.images, kept, c.errors, c.inputs), ()
+
+
+FILTERS: dict[str, Filter] = {  # in the order config.KEEP_FILTERS chains them
+    "similar": Filter(keep_similar, ("min_similarity",),
+                      lambda di: f"correlation >= {di.min_similarity} with the style image"),
+    "neighbours": Filter(keep_neighbours, ("neighbours",),
+                         lambda di: f"label of most of the {di.neighbours} nearest real images"),
+    "conflicting": Filter(keep_conflicting, (), lambda di: "not assigned to its label by the GCE-biased classifier"),
+    "crossfit": Filter(keep_crossfit, ("crossfit_epochs",), lambda di: f"assigned to its label by a "
+                       f"{di.crossfit_epochs}-epoch classifier trained without it"),
+}
+
+
+def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, errors: torch.Tensor,
+                   inputs: tuple[str, ...]) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``: every filter in
+    turn), and the keys of the stages the filters read beyond ``inputs`` (the GCE classifier of ``conflicting``),
+    which the final classifier's key must cover. ``errors`` and ``inputs`` (the stage keys the images and errors come
+    from) serve ``crossfit``."""
+    candidates = Candidates(synthetic, style, errors, inputs)
+    keep = torch.ones(len(synthetic), dtype=torch.bool)
+    read: tuple[str, ...] = ()
+    for name in ctx.cfg.diffinject.keep_filters():
+        mask, more = FILTERS[name].keep(ctx, candidates, keep)
+        keep &= mask
+        read += more
+    return keep, read
+
+
+def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
+    """What ``diffinject.keep`` adds to the keys of the stages that read the kept images: nothing for ``all``, else
+    the filters and the settings of those that are on (``similar`` and ``similar_conflicting`` keep their keys)."""
+    if di.keep == "all":
+        return {}
+    return {"keep": di.keep, **{s: getattr(di, s) for f in di.keep_filters() for s in FILTERS[f].settings}}
+
+
+def selection_key(di: DiffInjectConfig) -> dict[str, Any]:
+    """What the post-processing and the filters add to the keys of the stages that read the kept images."""
+    return {**black_key(di), **keep_key(di)}
+
+
+def keep_words(di: DiffInjectConfig) -> str:
+    """The report's description of the filters ``diffinject.keep`` applies."""
+    return "; ".join(FILTERS[f].words(di) for f in di.keep_filters())
+
+
+def selection_words(di: DiffInjectConfig, kept: int) -> str:
+    """The report's words for the post-processing and the filters (empty when neither is on)."""
+    return (f"{', black level matched to the real images' if di.match_black else ''}"
+            f"{'' if di.keep == 'all' else f', {kept} kept by `{di.keep}` ({keep_words(di)})'}")
+
+
+def kept_section(di: DiffInjectConfig, images: torch.Tensor, keep: torch.Tensor, figures: Path) -> list[str]:
+    """The report's figure of the images the filters kept and dropped (none when they kept all or none)."""
+    from ..evaluation.diffinject_figures import kept_figure
+
+    if di.keep == "all" or not keep.any() or keep.all():
+        return []
+    kept_figure(images, keep, figures / "kept.png")
+    return [f"### Kept and dropped by `{di.keep}`", "",
+            "Top row: synthetic images the final classifier sees; bottom row: images the filter dropped.", "",
+            "![kept](figures/kept.png)", ""]
