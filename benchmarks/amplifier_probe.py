@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, nargs="*", default=[])
     parser.add_argument("--amp", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="a variant with these amplifier fields changed (repeatable)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip retraining the run's own amplifier (its numbers are in the run's metrics.json)")
     args = parser.parse_args()
 
     from diffdebias.classifiers.train import predict_logits, train_classifier
@@ -73,7 +75,7 @@ def main() -> None:
     colour = nearest_color(stroke_colors(tr.images))
     conflicting = (tr.labels != tr.bias).numpy()
 
-    variants = {"as the run": (synthetic, cfg.amplifier)}
+    variants = {} if args.no_baseline else {"as the run": (synthetic, cfg.amplifier)}
     for n in args.per_class:
         variants[f"{n} per class"] = (synthetic.subset(first_per_class(synthetic.labels, n)), cfg.amplifier)
     if args.aligned_only:

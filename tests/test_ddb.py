@@ -13,13 +13,10 @@ from diffdebias.diffusion import load_unet
 from diffdebias.evaluation.amplification import aligned_fraction, stroke_colors, to_grey, usable_conflicting_fraction
 from diffdebias.methods.generation import load_synthetic
 from diffdebias.runs import Stage
+from tiny import cli, overrides
 
-TINY = [
-    "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
-    "--set", "diffusion.checkpoint_every=3", "--set", "sampling.per_class=6", "--set", "sampling.steps=3",
-    "--set", "classifier.epochs=2", "--set", "amplifier.epochs=2", "--set", "classifier.batch_size=128",
-    "--set", "ddb.reference_gce_epochs=1",
-]
+TINY = cli(overrides({"diffusion.steps": 6, "diffusion.checkpoint_every": 3, "sampling.per_class": 6,
+                      "sampling.steps": 3, "classifier.epochs": 2, "amplifier.epochs": 2}))
 
 
 def run_ddb(tmp_path, fake_mnist, out, *extra):

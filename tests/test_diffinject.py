@@ -7,12 +7,11 @@ import torch
 from diffdebias.cli import main
 from diffdebias.methods.content_pools import misclassified, top_k_per_class
 from diffdebias.methods.synthetic_filters import black_level, match_black_level, neighbours_agree, pearson
+from tiny import cli, overrides, write_config
 
-TINY = [
-    "--set", "diffusion.preset=tiny", "--set", "diffusion.steps=6", "--set", "diffusion.batch_size=16",
-    "--set", "diffusion.checkpoint_every=3", "--set", "injection.steps=4", "--set", "injection.batch_size=64",
-    "--set", "classifier.epochs=2", "--set", "amplifier.epochs=2", "--set", "classifier.batch_size=128",
-]
+CHANGES = {"diffusion.steps": 6, "diffusion.checkpoint_every": 3, "injection.steps": 4, "classifier.epochs": 2,
+           "amplifier.epochs": 2}
+TINY = cli(overrides(CHANGES))
 
 
 def run(fake_mnist, out, *extra, quiet=True):
@@ -308,12 +307,8 @@ def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_
 
 
 def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):
-    from pathlib import Path
-
-    ddb_cfg = tmp_path / "ddb_tiny.yaml"
-    ddb_cfg.write_text(f"base: {Path('configs/cmnist/ddb.yaml').resolve()}\n"
-                       "diffusion: {preset: tiny, steps: 6, batch_size: 16, checkpoint_every: 3}\n"
-                       "sampling: {per_class: 6, steps: 3}\namplifier: {epochs: 2}\n")
+    ddb_cfg = write_config(tmp_path / "ddb_tiny.yaml", "configs/cmnist/ddb.yaml",
+                           overrides({**CHANGES, "sampling.per_class": 6, "sampling.steps": 3}))
     out = tmp_path / "di"
     m = run(fake_mnist, out, "--set", "diffinject.content_source=ddb", "--set", f"diffinject.ddb_config={ddb_cfg}",
             "--set", "diffinject.compare_erm=false")

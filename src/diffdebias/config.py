@@ -25,6 +25,7 @@ from .fields import added, execution, side
 METHOD_NAMES = ("ddb", "diffinject", "disent", "disent_be", "erm", "gdro", "jtt", "lff", "lff_be")  # methods.METHODS
 ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "resnet8")  # classifiers.models.ARCHS
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
+DETECTION_SOURCES = ("own", "ddb")  # detection.source: the method's own detection | DDB as the plug-in detector
 VALID_GROUPS = ("errors", "true")  # methods.parts.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
 # data.SOURCES (config.py cannot import the data package: it imports this module)
@@ -143,7 +144,7 @@ class DetectionConfig:
         choice(f"{name}.rule", self.rule, DETECTION_RULES)
         fraction(f"{name}.quantile", self.quantile, low_open=True, high_open=True)
         at_least(f"{name}.threshold", self.threshold, 0)
-        choice(f"{name}.source", self.source, ("own", "ddb"))
+        choice(f"{name}.source", self.source, DETECTION_SOURCES)
         if self.source == "ddb" and not self.ddb_config:
             raise ConfigError(f"{name}.source=ddb needs {name}.ddb_config (e.g. configs/cmnist/ddb.yaml)")
         return self
