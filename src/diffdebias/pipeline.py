@@ -42,7 +42,8 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
             write_text(stage.path("split.csv"), split_table(ctx.data))
 
     run.cached("data", key_dict(cfg.data), summarise, (ctx.data_key,))
-    final = method(ctx)
+    result = method(ctx)
+    final = result.model
 
     metrics = evaluate_stage(ctx, "evaluation", final, SPLITS)
     if len(final.members) > 1:  # the ensemble's members one by one, beside the ensemble
@@ -59,7 +60,7 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
         "final_stage": final.stage.name,
         "selection": read_json(final.stage.path("selection.json")),
         **metrics,
-        **{k: v for k, v in ctx.extras.get("metrics", {}).items()},
+        **result.metrics,
         "stage_seconds": read_json(run.root / "timings.json") if (run.root / "timings.json").exists() else {},
         "wall_seconds_this_call": round(time.time() - t0, 3),
     }
@@ -69,6 +70,6 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
     if undefined:
         summary["undefined"] = {k: UNDEFINED for k in sorted(undefined)}
     write_json(run.root / "metrics.json", summary)
-    report = write_report(run.root, ctx.extras.get("report_sections", []))
+    report = write_report(run.root, result.report)
     run.log(f"report: {report}")
     return run.root

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..config import Config, settings_dict
 from .baselines import BASELINES
-from .common import Context, Method, Trained
+from .common import Context, Method, Result, Trained
 from .ddb import run_ddb
 from .diffinject import run_diffinject
 from .erm import run_erm
@@ -20,7 +20,7 @@ METHODS: dict[str, Method] = {
     **BASELINES,
 }
 
-__all__ = ["METHODS", "Context", "Method", "Trained", "get_method", "method_settings"]
+__all__ = ["METHODS", "Context", "Method", "Result", "Trained", "get_method", "method_settings"]
 
 
 def get_method(name: str) -> Method:

@@ -52,6 +52,6 @@ def ddb_flags(ctx: Context) -> tuple[torch.Tensor, str, dict[str, Any]]:
     scores = score_stage(sub, "amplifier_scores", amp)
     flags = detected(sub, scores)
     if sub.cfg.detection.rule in SUPERVISED_RULES:
-        ctx.extras.setdefault("metrics", {})["supervised"] = True
-    ctx.extras.setdefault("metrics", {})["ddb_detection"] = identification(ctx.data.train, scores.loss.numpy(), flags)
+        ctx.metrics["supervised"] = True
+    ctx.metrics["ddb_detection"] = identification(ctx.data.train, scores.loss.numpy(), flags)
     return torch.from_numpy(flags).bool(), scores.key, key_dict(sub.cfg.detection)

@@ -28,7 +28,8 @@ class Context:
 
     cfg: Config
     run: Run
-    extras: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # run-level entries of metrics.json the stages record
+    report: list[str] = field(default_factory=list)  # the method's sections of report.md (markdown)
 
     @cached_property
     def data(self) -> Splits:
@@ -73,6 +74,16 @@ class Trained:
         return load_classifier(self.stage, self.cfg, self.build_model)
 
 
+@dataclass
+class Result:
+    """What a method hands the pipeline: its final classifier, the run-level entries of ``metrics.json`` its stages
+    recorded, and its sections of ``report.md``."""
+
+    model: Trained
+    metrics: dict[str, Any]
+    report: list[str]
+
+
 @dataclass(frozen=True)
 class Method:
     """A method and the config sections it reads besides the top-level fields (name, method, seed, device): a run
@@ -83,13 +94,14 @@ class Method:
     run: Callable[[Context], Trained]
     sections: tuple[str, ...]
 
-    def __call__(self, ctx: Context) -> Trained:
-        return self.run(ctx)
+    def __call__(self, ctx: Context) -> Result:
+        model = self.run(ctx)
+        return Result(model, ctx.metrics, ctx.report)
 
 
 def record(ctx: Context, key: str, value: Any) -> None:
     """A run-level entry of ``metrics.json`` (methods add to it; none replaces what another stage recorded)."""
-    ctx.extras.setdefault("metrics", {})[key] = value
+    ctx.metrics[key] = value
 
 
 def train_stage(

@@ -122,7 +122,7 @@ def run_ddb(ctx: Context) -> Trained:
                         weighting=recipe_weighting(ctx, scores["synthetic"], loss_b),
                         inputs=(loss_key or scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
 
-    metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
+    metrics = ctx.metrics  # with what the stages recorded
     oracle = cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"
     metrics["supervised"] = metrics.get("supervised", False) or oracle
     if cfg.ddb.references:
@@ -138,7 +138,7 @@ def run_ddb(ctx: Context) -> Trained:
     if cfg.data.name == "cmnist":
         metrics["amplification"] = amplification_stage(ctx, syn)
     if ctx.run.main:  # of several processes, the main one writes the run's figures
-        ctx.extras["report_sections"] = ddb_report(ctx, scores, syn, metrics)
+        ctx.report = ddb_report(ctx, scores, syn, metrics)
     return final
 
 

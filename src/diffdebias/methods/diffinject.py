@@ -230,7 +230,7 @@ def run_diffinject(ctx: Context) -> Trained:
     draw = SAMPLERS[sampler_name(di)](ctx, train, errors)
     final = final_classifier(ctx, train, draw, (inj.key, *kept_from))  # kept_from: what chose the synthetic images
 
-    metrics: dict[str, Any] = ctx.extras.setdefault("metrics", {})  # with what the stages recorded
+    metrics = ctx.metrics  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(generated), synthetic_kept=len(synthetic),
                    **draw.metrics)
     if d.train.has_bias:
@@ -246,7 +246,7 @@ def run_diffinject(ctx: Context) -> Trained:
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
                                                                (inj.key,), shaped or None)
     if ctx.run.main:  # of several processes, the main one writes the run's figures
-        ctx.extras["report_sections"] = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep, draw)
+        ctx.report = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep, draw)
     return final
 
 
