@@ -227,8 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
+    from diffdebias.devices import cpu_has_native_bf16, resolve_precision
     from diffdebias.diffusion import build_unet
-    from diffdebias.diffusion.models import cpu_has_native_bf16, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)

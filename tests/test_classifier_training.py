@@ -147,3 +147,18 @@ def test_input_scale_multiplies_the_inputs(arch):
     x = torch.rand(4, 3, 28, 28)
     assert torch.allclose(scaled(x), plain(x / 255), atol=1e-6)
     assert not torch.allclose(scaled(x), plain(x), atol=1e-3)
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    import diffdebias.devices as devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", cpu) == "fp32" and not torch.is_autocast_enabled("cpu")
+    with devices.autocast(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    with devices.autocast(cpu, "auto"):
+        assert torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="fp16"):
+        devices.resolve_precision("fp16", cpu)

@@ -359,17 +359,17 @@ def test_compiled_injection_gives_the_eager_images_in_a_stage_of_its_own(tmp_pat
 
 
 def test_the_injection_stage_is_keyed_by_the_precision_it_computes_in(tmp_path, fake_mnist, capsys, monkeypatch):
-    import diffdebias.diffusion.models as models
+    import diffdebias.devices as devices
     from diffdebias.runs import load_tensors
 
     out, fixed = tmp_path / "di", ["--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1"]
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)  # a CPU where auto means fp32
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)  # a CPU where auto means fp32
     run(fake_mnist, out, "--set", "injection.precision=fp32", *fixed)
     fp32 = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
     capsys.readouterr()
     run(fake_mnist, out, *fixed, quiet=False)  # auto, resolved to fp32: the same images
     assert "stage injection: done, skipped" in capsys.readouterr().out
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)  # auto now means bf16: other numbers
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)  # auto now means bf16: other numbers
     run(fake_mnist, out, *fixed, quiet=False)
     log = capsys.readouterr().out
     assert "stage injection: running" in log and ", bf16" in log

@@ -132,12 +132,46 @@ def reset_accelerator() -> None:
     _ACCELERATOR = None
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast pays off."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    try:
+        if (amx and amx()) or (avx and avx()):
+            return True
+    except RuntimeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``fp32`` or ``bf16`` for ``precision`` in fp32 | bf16 | auto on ``device``.
+
+    ``auto`` picks bf16 only where it was measured faster: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16.
+    On an AVX2-only CPU bf16 autocast emulates the arithmetic and ran 5-11x slower than fp32 for the ``cpu`` U-Net
+    (``benchmarks/diffusion_speed.py --extras``).
+    """
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"unknown precision '{precision}' (known: fp32, bf16, auto)")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for; fp32 otherwise."""
-    if precision == "bf16":
+    """bf16 autocast when ``precision`` (fp32 | bf16 | auto) resolves to bf16 on ``device``; fp32 otherwise."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"unknown precision '{precision}' (known: fp32, bf16)")
     return nullcontext()
 
 

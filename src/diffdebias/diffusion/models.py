@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
+from .. import devices
 from ..runs import load_tensors, save_tensors
 from .config import DiffusionConfigError
 
@@ -135,40 +136,11 @@ def build_unet(
 # -------------------------------------------------------------------------------------- precision, batch shapes
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast pays off."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    try:
-        if (amx and amx()) or (avx and avx()):
-            return True
-    except RuntimeError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        return False
-
-
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``fp32`` or ``bf16`` for ``precision`` in fp32 | bf16 | auto on ``device``.
-
-    ``auto`` picks bf16 only where it was measured faster: CUDA with bf16 support, or a CPU with AMX/AVX512-BF16.
-    On an AVX2-only CPU bf16 autocast emulates the arithmetic and ran 5-11x slower than fp32 for the ``cpu`` U-Net
-    (``benchmarks/diffusion_speed.py --extras``).
-    """
+    """:func:`diffdebias.devices.resolve_precision`, with a bad value reported as a diffusion config error."""
     if precision not in ("fp32", "bf16", "auto"):
         raise DiffusionConfigError(f"precision must be fp32, bf16 or auto; got {precision!r}")
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
+    return devices.resolve_precision(precision, device)
 
 
 def autocast(precision: str, device: torch.device | str):
