@@ -144,6 +144,7 @@ def run_ddb(ctx: Context) -> Trained:
 
 def ddb_report(ctx: Context, scores: dict[str, Scores], syn: Stage, metrics: dict[str, Any]) -> list[str]:
     from ..evaluation.ddb_figures import loss_histograms, ranked_gallery
+    from ..evaluation.report import pct
 
     out = [f"## Diffusing DeBias: recipe `{ctx.cfg.ddb.recipe}`, detection rule `{ctx.cfg.detection.rule}`", ""]
     if metrics.get("supervised"):
@@ -152,9 +153,8 @@ def ddb_report(ctx: Context, scores: dict[str, Scores], syn: Stage, metrics: dic
     if "erm" in metrics:
         e = metrics["erm"]["test"]
         out += [f"Plain ERM on the same data and schedule: test unbiased accuracy "
-                f"**{100 * e.get('unbiased_accuracy', float('nan')):.2f}**, conflicting "
-                f"{100 * e.get('conflicting_accuracy', float('nan')):.2f}, aligned "
-                f"{100 * e.get('aligned_accuracy', float('nan')):.2f} (%).", ""]
+                f"**{pct(e.get('unbiased_accuracy'))}**, conflicting {pct(e.get('conflicting_accuracy'))}, aligned "
+                f"{pct(e.get('aligned_accuracy'))} (%; — where a split has no such sample).", ""]
     if "detection" in metrics:
         rows = {"synthetic (DDB amplifier)": metrics["detection"], **{
             {"erm_real": f"ERM on real data, {ctx.cfg.ddb.reference_epochs} epochs (JTT-style)",

@@ -254,6 +254,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
                       pairs: dict[str, torch.Tensor], metrics: dict[str, Any], keep: torch.Tensor,
                       draw: Draw) -> list[str]:
     from ..evaluation.diffinject_figures import triples_figure
+    from ..evaluation.report import pct
 
     cfg, d = ctx.cfg, ctx.data
     di, ic = cfg.diffinject, cfg.injection
@@ -273,7 +274,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     if "erm" in metrics:
         e = metrics["erm"]["test"]
         out += [f"Plain ERM on the real data with the same classifier settings: test unbiased accuracy "
-                f"**{100 * e.get('unbiased_accuracy', float('nan')):.2f}** %.", ""]
+                f"**{pct(e.get('unbiased_accuracy'))}** %.", ""]
     if "synthetic_colour_shape" in metrics:
         a = metrics["synthetic_colour_shape"]
         out += ["### Synthetic images (Colored MNIST)", "",
