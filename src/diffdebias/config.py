@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .checks import ConfigError, at_least, choice, count, fraction, positive
+from .diffusion.config import PROVENANCE as DIFFUSION_PROVENANCE
 from .diffusion.config import DiffusionConfig, InjectionConfig, SamplingConfig
 from .fields import added, execution, side
 
@@ -385,6 +386,119 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.default_factory
 # Keys a config may still name though nothing reads them any more (configs saved by older runs, older files): loading
 # warns and drops them, where an unknown key would be an error. Key -> why it went.
 RETIRED = {"diffusion.prediction_type": "it had one value, epsilon, the only prediction the U-Net makes"}
+
+# ---------------------------------------------------------------------------------------------------- provenance
+
+# Where each field's default comes from: paper (a paper's text), released (a paper's released code), open (the papers
+# leave it open: our choice, and where it was measured), variant (ours: the results section that measured it) or
+# execution (how a stage runs, not what it computes). docs/settings.md prints them per method (settings_doc.py).
+PROVENANCES = ("paper", "released", "open", "variant", "execution")
+_NB = "docs/notebook.md, "
+_RES = "docs/results.md"
+_TRAIN: dict[str, tuple[str, str]] = {  # TrainConfig, both as classifier and amplifier
+    "arch": ("released", "LfF's Colored MNIST MLP 100-100-100"),
+    "pretrained": ("open", "our choice: no ImageNet weights"),
+    "epochs": ("released", "LfF's Colored MNIST recipe: 100"),
+    "batch_size": ("released", "LfF: 256"),
+    "optimizer": ("released", "LfF: Adam"),
+    "lr": ("released", "LfF: 1e-3"),
+    "weight_decay": ("released", f"LfF: 0 ({_NB}\"Weight decay in the final classifier\")"),
+    "momentum": ("open", "our choice: the usual 0.9 (sgd only)"),
+    "loss": ("paper", "cross-entropy (ERM)"),
+    "gce_q": ("paper", "GCE's q = 0.7, as LfF"),
+    "label_smoothing": ("variant", f"off; {_NB}\"Label smoothing in the final classifier\""),
+    "ensemble": ("variant", f"one model; {_NB}\"Averaging final classifiers\""),
+    "augment": ("open", "our choice: off"),
+    "flip": ("open", f"with augment: {_NB}\"DDB settings that hold beyond colour\" (a direction is not mirror-proof)"),
+    "select": ("open", "our choice: the valid split, never test"),
+    "select_metric": ("open", "our choice"),
+    "eval_every": ("open", "our choice"),
+    "precision": ("open", f"fp32 (bf16 2.5x on the ResNet-8: {_NB}\"Classifier epoch speed\")"),
+    "input_scale": ("variant", f'inputs in [0, 1] (released: 1/255); {_NB}"ERM (Vanilla) on Colored MNIST"'),
+}
+_AMPLIFIER = {  # the amplifier's own defaults (_amplifier_default)
+    "loss": ("paper", "DDB: a GCE bias amplifier"),
+    "epochs": ("open", f"our choice (configs: 800, {_NB}\"Training the amplifier longer\")"),
+    "select": ("open", "our choice: the last epoch"),
+    "augment": ("open", f"off (configs: on, {_NB}\"An amplifier trained with augmentation\")"),
+}
+PROVENANCE: dict[str, tuple[str, str]] = {
+    "name": ("execution", "the run's label"),
+    "method": ("open", "our choice: erm, the comparison every method gets"),
+    "seed": ("open", "our choice"),
+    "device": ("execution", "where it runs"),
+    "data.name": ("open", "our choice: Colored MNIST"),
+    "data.conflict_ratio": ("paper", "LfF's Colored MNIST ratios: 0.5, 1, 2, 5 %"),
+    "data.mnist_path": ("execution", "where MNIST is read from"),
+    "data.color_std": ("released", "LfF's colour jitter (severity 4)"),
+    "data.csv": ("open", "our format: path,label[,bias][,split]"),
+    "data.root": ("open", "our choice: the CSV's folder"),
+    "data.image_size": ("open", "our choice: the dataset's size"),
+    "data.valid_fraction": ("open", "our choice: 10 % of training, as biased as it"),
+    "data.test_fraction": ("open", "our choice"),
+    "data.seed": ("open", "our choice: fixed across run seeds"),
+    "data.valid_bias_order": ("open", f"{_NB}\"The valid split's conflicting images were easy\" (dataset: LfF's)"),
+    "data.storage": ("execution", "RAM or memory-mapped"),
+    "data.cache_dir": ("execution", "dataset cache"),
+    **{f"classifier.{k}": v for k, v in _TRAIN.items()},
+    **{f"amplifier.{k}": v for k, v in {**_TRAIN, **_AMPLIFIER}.items()},
+    "detection.rule": ("open", f"the papers leave it open; {_NB}\"Detection rules on the 800-epoch amplifier\""),
+    "detection.quantile": ("open", "our choice"),
+    "detection.threshold": ("open", "our choice"),
+    "detection.per_class": ("open", "our choice"),
+    "detection.source": ("paper", "each method's own detection (JTT's errors, BiasEnsemble's committee)"),
+    "detection.ddb_config": ("variant", f"DDB as a plug-in detector; {_NB}\"DDB as a plug-in detector for JTT\""),
+    "groupdro.eta": ("released", "Group-DRO code default"),
+    "groupdro.adjustment": ("released", "Group-DRO default 0"),
+    "groupdro.balanced": ("released", "--reweight_groups in the Group-DRO scripts"),
+    "groupdro.reweight": ("variant", f"off; {_NB}\"Lifting the oracle ceiling: importance weights\""),
+    "lff.alpha": ("released", "LfF code: 0.7"),
+    "lff.ema": ("open", "DDB Recipe II leaves it open: on"),
+    "lff.normalize": ("open", "DDB Recipe II leaves it open: on"),
+    "lff.q": ("paper", "LfF: GCE q = 0.7"),
+    "lff.valid_groups": ("open", "our choice: ERM errors, no bias label (true: supervised)"),
+    "lff.error_epochs": ("open", "JTT's T = 1"),
+    "ddb.recipe": ("paper", "DDB Recipe I: Group-DRO on pseudo-groups"),
+    "ddb.references": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
+    "ddb.reference_epochs": ("open", "side measurement: a JTT-style T"),
+    "ddb.reference_gce_epochs": ("open", "side measurement: the amplifier's epochs"),
+    "ddb.reference_recipe": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
+    "ddb.compare_erm": ("open", "side measurement: the report's ERM comparison"),
+    "ddb.bias_temperature": ("paper", f"1: the paper's plain CE (T < 1: {_NB}\"Recipe II's saturation\")"),
+    "jtt.epochs_first": ("open", "JTT has no CMNIST run; its CelebA script uses T = 1"),
+    "jtt.lambda_up": ("open", "JTT's CelebA value, middle of its sweep [20, 50, 100]"),
+    "jtt.valid_groups": ("open", "our choice: stage-1 errors, no bias label (true: JTT's protocol)"),
+    "disent.lambda_dis_align": ("released", "DisEnt CMNIST script"),
+    "disent.lambda_swap_align": ("released", "DisEnt CMNIST script"),
+    "disent.lambda_swap": ("released", "DisEnt CMNIST script"),
+    "disent.curr_step": ("released", "DisEnt --curr_step"),
+    "disent.lr_decay": ("released", "DisEnt --use_lr_decay (CMNIST script)"),
+    "disent.lr_decay_step": ("released", "DisEnt --lr_decay_step"),
+    "disent.lr_gamma": ("released", "DisEnt CMNIST script"),
+    "bias_ensemble.num_models": ("released", "BiasEnsemble --num_bias_models"),
+    "bias_ensemble.iterations": ("released", "BiasEnsemble --biased_model_train_iter"),
+    "bias_ensemble.valid_freq": ("released", "BiasEnsemble --valid_freq"),
+    "bias_ensemble.tau": ("released", "BiasEnsemble --biased_model_softmax_threshold"),
+    "bias_ensemble.agreement": ("released", "BiasEnsemble --agreement"),
+    "diffinject.content_pool": ("paper", "top_k: the K highest-CE samples per class"),
+    "diffinject.top_k": ("released", "released code: 10"),
+    "diffinject.content_source": ("paper", "the GCE classifier ranks"),
+    "diffinject.ddb_config": ("variant", f"a DDB amplifier ranks; {_NB}\"The best variant at three seeds\""),
+    "diffinject.general_data": ("open", "the training set, no extra data (the paper: grey MNIST for CMNIST)"),
+    "diffinject.synthetic_ratio": ("released", f"released: 0.1 (0.2: {_NB}\"Twice the synthetic images\")"),
+    "diffinject.style_pool": ("open", "all: unsupervised (released: aligned, from bias labels)"),
+    "diffinject.label_source": ("released", "released: style (CMNIST, CCIFAR)"),
+    "diffinject.synthetic_share": ("released", "null: uniform draws, as released"),
+    "diffinject.match_black": ("variant", f"off; {_NB}\"The synthetic images' black background gives them away\""),
+    "diffinject.final_method": ("released", "erm, as released (lff: a combination no paper makes)"),
+    "diffinject.keep": ("released", f"all, as released (filters: {_NB}\"Keeping the synthetic images\")"),
+    "diffinject.min_similarity": ("variant", f"keep=similar*; {_NB}\"Keeping the synthetic images that kept\""),
+    "diffinject.upsample_errors": ("released", f"0, as released ({_NB}\"Repeating the GCE classifier's real errors\")"),
+    "diffinject.neighbours": ("variant", f"keep=*neighbours*; {_NB}\"Keeping the synthetic images whose nearest\""),
+    "diffinject.crossfit_epochs": ("variant", f"keep=*crossfit; {_NB}\"Dropping the synthetic images\""),
+    "diffinject.compare_erm": ("open", "side measurement: the report's ERM comparison"),
+    **DIFFUSION_PROVENANCE,
+}
 
 
 def settings_dict(cfg: Config, sections: Iterable[str]) -> dict[str, Any]:

@@ -172,3 +172,57 @@ class InjectionConfig:
                 raise err(f"{name}.mask must be [top, bottom, left, right] fractions with top < bottom, "
                           f"left < right; got {m}")
         return self
+
+
+# Where each default comes from, by "section.field" (the sections Config gives these classes): (provenance, note), as
+# diffdebias.config.PROVENANCE, which joins this table; docs/settings.md prints both (diffdebias.settings_doc).
+_NB = "docs/notebook.md, "
+PROVENANCE: dict[str, tuple[str, str]] = {
+    "diffusion.preset": ("open", "our choice: the ~1 M-parameter CPU U-Net"),
+    "diffusion.conditional": ("paper", "DDB: class-conditional with a learned null class"),
+    "diffusion.image_size": ("open", f"0: the data's size (16 px: {_NB}\"Training at 16 px\")"),
+    "diffusion.num_train_timesteps": ("open", "DDPM's T = 1000"),
+    "diffusion.beta_schedule": ("open", "DDPM's linear schedule"),
+    "diffusion.beta_start": ("open", "DDPM's value"),
+    "diffusion.beta_end": ("open", "DDPM's value"),
+    "diffusion.clip_sample": ("open", "our choice: the data lives in [-1, 1]"),
+    "diffusion.label_dropout": ("paper", "DDB: 0.1"),
+    "diffusion.p2_gamma": ("paper", "0: plain MSE, as DDB (DiffInject: 1 or 0.5)"),
+    "diffusion.p2_k": ("paper", "P2: k = 1"),
+    "diffusion.steps": ("open", f"a CPU budget (DDB: 100k at batch 32); {_NB}\"Diffusion on Colored MNIST 1 %\""),
+    "diffusion.batch_size": ("open", "our choice (DDB: 32)"),
+    "diffusion.lr": ("open", "DDPM's CIFAR-10 value"),
+    "diffusion.weight_decay": ("open", "P2: 0"),
+    "diffusion.warmup_steps": ("open", "our choice"),
+    "diffusion.grad_clip": ("open", "our choice"),
+    "diffusion.ema_decay": ("open", "our choice (0.9999 suits >= 100k steps)"),
+    "diffusion.ema_warmup": ("open", "our choice"),
+    "diffusion.random_flip": ("open", "off: digits and text are not symmetric"),
+    "diffusion.precision": ("open", f"bf16 only where faster ({_NB}\"Diffusion engine speed\")"),
+    "diffusion.gradient_accumulation": ("execution", "memory only; results equal"),
+    "diffusion.checkpoint_every": ("execution", "resumable checkpoints"),
+    "diffusion.sample_every": ("execution", "preview grids"),
+    "diffusion.log_every": ("execution", "logging"),
+    "sampling.sampler": ("open", "DDIM, the practical default"),
+    "sampling.steps": ("open", "DDIM's usual 50-100"),
+    "sampling.eta": ("open", f"deterministic DDIM (eta = 1: {_NB}\"Deterministic DDIM leaves grey backgrounds\")"),
+    "sampling.guidance_scale": ("paper", "DDB's w = 1 is s = 2"),
+    "sampling.per_class": ("paper", "DDB: 1,000-2,000 images per class suffice"),
+    "sampling.batch_size": ("execution", "rows per forward pass"),
+    "sampling.workers": ("execution", "threads"),
+    "sampling.timestep_spacing": ("open", "trailing: starts at t = T-1, where x_T ~ N(0, I)"),
+    "sampling.precision": ("open", "as diffusion.precision"),
+    "sampling.compile": ("execution", "torch.compile; enters stage keys (compiled kernels round differently)"),
+    "injection.steps": ("released", "released code: injection on a 50-point grid"),
+    "injection.gamma": ("released", "released: 0.3 CCIFAR (0.7 BFFHQ)"),
+    "injection.t_edit": ("released", "aug_diffstyle.py: 400 (scripts: 500)"),
+    "injection.t_boost": ("released", "aug_diffstyle.py: 200"),
+    "injection.boost_eta": ("released", "released: 1"),
+    "injection.blend": ("paper", f"slerp (mean, adain: {_NB}\"Injecting only h's channel statistics\")"),
+    "injection.t_start": ("paper", f"null: the whole grid (truncation: {_NB}\"Inverting only part of the way\")"),
+    "injection.precision": ("open", f"{_NB}\"DiffInject in bf16 on a CPU with AMX\""),
+    "injection.compile": ("execution", f"torch.compile; enters stage keys ({_NB}\"Compiled injection\")"),
+    "injection.mask": ("open", "our choice: null, inject everywhere"),
+    "injection.batch_size": ("execution", "images per batch"),
+    "injection.workers": ("execution", "threads"),
+}
