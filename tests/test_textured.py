@@ -128,13 +128,25 @@ def test_textures_are_told_apart_from_background_pixels(fake_mnist, monkeypatch)
 
 
 def test_configs_are_the_cmnist_ones_but_for_the_dataset():
-    for method in ("erm", "ddb"):
-        path = CONFIGS / "textured_mnist" / f"{method}.yaml"
+    for name, method in (("erm", "erm"), ("ddb_cmnist_settings", "ddb")):
+        path = CONFIGS / "textured_mnist" / f"{name}.yaml"
         assert path.read_text().startswith("#")
         cfg, reference = load_config(path), load_config(CONFIGS / "cmnist" / f"{method}.yaml")
         assert cfg.data.name == "textured_mnist" and cfg.method == method
         cfg.name, cfg.data.name = reference.name, reference.data.name
         assert cfg == reference
+
+
+def test_the_ddb_config_drops_only_the_colour_priors():
+    """textured_mnist/ddb.yaml is Colored MNIST's DDB config with the two choices its comment names changed: the
+    diffusion model at the images' size, a ResNet-8 amplifier without flips (and no reference amplifiers)."""
+    cfg = load_config(CONFIGS / "textured_mnist" / "ddb.yaml")
+    reference = load_config(CONFIGS / "cmnist" / "ddb.yaml", [
+        "data.name=textured_mnist", "diffusion.image_size=0", "diffusion.steps=2000", "sampling.steps=20",
+        "amplifier.arch=resnet8", "amplifier.epochs=100", "amplifier.batch_size=64", "amplifier.weight_decay=0",
+        "amplifier.flip=false", "ddb.references=false"])
+    reference.name = cfg.name
+    assert cfg == reference
 
 
 def test_one_epoch_erm_run(tmp_path, fake_mnist):
