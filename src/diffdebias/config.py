@@ -98,12 +98,13 @@ class TrainConfig:
     #   and its ERM comparison; the models that find errors or filter images (JTT's, crossfit, committees) stay single
     augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
     flip: bool = added(True)  # augment: the horizontal flip too. A flip is a prior that the bias survives mirroring:
-    #                           colour does, a direction (stripes, text, a pose) does not (docs/results.md, #38)
+    #                           colour does, a direction (stripes, text, a pose) does not (docs/notebook.md, #38)
     select: str = "valid"  # model selection: valid (best valid metric) | last (last epoch). Never test.
     select_metric: str = "accuracy"  # metric of the valid split used by select=valid
     eval_every: int = 1  # epochs between valid evaluations (and checkpoints)
     precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 only where it is faster: a GPU with bf16, a CPU
-    #                          with AMX or AVX512-BF16; measured 2.5x on the ResNet-8 here, docs/notebook.md)
+    #                          with AMX or AVX512-BF16: 1.85x on the ResNet-8 epochs of docs/notebook.md, "A CPU
+    #                          preset for your own data")
     input_scale: float = added(1.0)  # multiplies the [0, 1] inputs; 1/255 reproduces DisEnt's and BiasEnsemble's
     #                                  released code, which divides by 255 twice
 
@@ -413,7 +414,7 @@ _TRAIN: dict[str, tuple[str, str]] = {  # TrainConfig, both as classifier and am
     "select": ("open", "our choice: the valid split, never test"),
     "select_metric": ("open", "our choice"),
     "eval_every": ("open", "our choice"),
-    "precision": ("open", f"fp32 (bf16 2.5x on the ResNet-8: {_NB}\"Classifier epoch speed\")"),
+    "precision": ("open", f"fp32 (auto: bf16 1.85x on the ResNet-8, {_NB}\"A CPU preset for your own data\")"),
     "input_scale": ("variant", f'inputs in [0, 1] (released: 1/255); {_NB}"ERM (Vanilla) on Colored MNIST"'),
 }
 _AMPLIFIER = {  # the amplifier's own defaults (_amplifier_default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import nullcontext
 from datetime import timedelta
@@ -132,8 +133,10 @@ def reset_accelerator() -> None:
     _ACCELERATOR = None
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast pays off."""
+    """True on CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16), where bf16 autocast pays off. Cached:
+    :func:`autocast` asks on every batch, and the answer may come from reading /proc/cpuinfo."""
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     avx = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     try:

@@ -58,8 +58,9 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
         labels = class_labels(num_classes, cfg.per_class)
         seeds = draw_seeds(stage.generator("seeds"), len(labels))
 
-        def sample(start: int, stop: int) -> torch.Tensor:
-            return resize(sample_sharded(model, cfg, dcfg, labels[start:stop], seeds[start:stop], acc), image_size)
+        def sample(start: int, stop: int) -> torch.Tensor:  # every process samples its share; the main one keeps
+            images = sample_sharded(model, cfg, dcfg, labels[start:stop], seeds[start:stop], acc)
+            return resize(images, image_size) if ctx.run.main else images
 
         with chunked(stage, len(labels), chunk, sample) as images:
             if images is None:  # the other processes sampled their parts; the main one writes
