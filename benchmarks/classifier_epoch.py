@@ -37,7 +37,7 @@ def main() -> None:
                           precision=precision, eval_every=args.epochs)
         with tempfile.TemporaryDirectory() as tmp:
             run = Run(tmp, seed=0, quiet=True)
-            st = run.cached("bench", {}, lambda s, c=cfg: train_classifier(s, full, c, 10))
+            st = run.cached("bench", lambda s, c=cfg: train_classifier(s, full, c, 10))
             times = [h["seconds"] for h in read_json(st.path("history.json"))][1:]  # first epoch is warm-up
         results[precision] = statistics.median(times)
         print(f"precision={precision} epoch_seconds_median={results[precision]:.3f} all={[round(t, 3) for t in times]}")

@@ -24,6 +24,7 @@ from diffdebias.classifiers.train import predict_logits, train_classifier
 from diffdebias.classifiers.weighting import Batch
 from diffdebias.config import BiasEnsembleConfig, Config, DisEntConfig, JTTConfig, TrainConfig, load_config
 from diffdebias.data.base import ImageSet
+from diffdebias.keys import NOTHING
 from diffdebias.methods import METHODS
 from diffdebias.methods.baselines import BASELINES, jtt_copies
 from diffdebias.pipeline import execute
@@ -143,10 +144,10 @@ def test_selection_on_valid_groups_from_an_early_erm_models_errors(tmp_path, fak
 
 
 def _spy(cached, log):
-    def wrapper(self, name, config, compute, inputs=(), **kwargs):
-        st = self.stage(name, config, inputs)
+    def wrapper(self, name, compute, what=NOTHING, version=0, **kwargs):
+        st = self.stage(name, what, version)
         log.append((name, st.done))
-        return cached(self, name, config, compute, inputs, **kwargs)
+        return cached(self, name, compute, what, version, **kwargs)
 
     return wrapper
 
@@ -261,7 +262,7 @@ def test_killed_training_resumes_exactly(kind, tmp_path):
     kw = {"build_model": factory} if factory else {}
     res = {}
     Run(tmp_path / "full", 3, quiet=True).cached(
-        "clf", {}, lambda s: res.update(a=train_classifier(s, data, cfg, 3, weighting=make(), **kw)))
+        "clf", lambda s: res.update(a=train_classifier(s, data, cfg, 3, weighting=make(), **kw)))
 
     class Killed(Exception):
         pass
@@ -273,8 +274,8 @@ def test_killed_training_resumes_exactly(kind, tmp_path):
 
     part = Run(tmp_path / "part", 3, quiet=True)
     with pytest.raises(Killed):
-        part.cached("clf", {}, lambda s: train_classifier(s, data, cfg, 3, weighting=make(), on_epoch=kill, **kw))
-    part.cached("clf", {}, lambda s: res.update(b=train_classifier(s, data, cfg, 3, weighting=make(), **kw)))
+        part.cached("clf", lambda s: train_classifier(s, data, cfg, 3, weighting=make(), on_epoch=kill, **kw))
+    part.cached("clf", lambda s: res.update(b=train_classifier(s, data, cfg, 3, weighting=make(), **kw)))
     for (k, a), b in zip(res["a"].state_dict().items(), res["b"].state_dict().values()):
         assert torch.equal(a, b), k
 

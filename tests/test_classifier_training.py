@@ -87,7 +87,7 @@ def test_training_learns_and_selects_on_valid(tmp_path):
     cfg = TrainConfig(epochs=4, batch_size=32, lr=1e-2, select="valid")
     run = Run(tmp_path, seed=0, quiet=True)
     out = {}
-    st = run.cached("clf", {}, lambda s: out.update(m=train_classifier(s, data, cfg, 3, valid, 3)))
+    st = run.cached("clf", lambda s: out.update(m=train_classifier(s, data, cfg, 3, valid, 3)))
     model = out["m"]
     acc = (model(valid.images.float() / 255).argmax(1) == valid.labels).float().mean()
     assert acc > 0.9
@@ -102,7 +102,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
     full = Run(tmp_path / "full", seed=5, quiet=True)
     res = {}
-    full.cached("clf", {}, lambda s: res.update(a=train_classifier(s, data, cfg, 3, valid, 3)))
+    full.cached("clf", lambda s: res.update(a=train_classifier(s, data, cfg, 3, valid, 3)))
 
     class Killed(Exception):
         pass
@@ -114,9 +114,9 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
     part = Run(tmp_path / "part", seed=5, quiet=True)
     with pytest.raises(Killed):
-        part.cached("clf", {}, lambda s: train_classifier(s, data, cfg, 3, valid, 3, on_epoch=kill_after_two))
+        part.cached("clf", lambda s: train_classifier(s, data, cfg, 3, valid, 3, on_epoch=kill_after_two))
     # the checkpoint of epoch 1 was not written (killed before it), epoch 0's was
-    part.cached("clf", {}, lambda s: res.update(b=train_classifier(s, data, cfg, 3, valid, 3)))
+    part.cached("clf", lambda s: res.update(b=train_classifier(s, data, cfg, 3, valid, 3)))
     for (k, a), b in zip(res["a"].state_dict().items(), res["b"].state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -127,7 +127,7 @@ def test_same_seed_same_numbers(tmp_path):
     outs = []
     for name in ("a", "b"):
         run = Run(tmp_path / name, seed=9, quiet=True)
-        run.cached("clf", {}, lambda s: outs.append(train_classifier(s, data, cfg, 3)))
+        run.cached("clf", lambda s: outs.append(train_classifier(s, data, cfg, 3)))
     assert all(torch.equal(a, b) for a, b in zip(outs[0].parameters(), outs[1].parameters()))
     assert not math.isnan(float(next(outs[0].parameters()).detach().sum()))
 
@@ -135,7 +135,7 @@ def test_same_seed_same_numbers(tmp_path):
 def test_select_valid_needs_valid(tmp_path):
     run = Run(tmp_path, seed=0, quiet=True)
     with pytest.raises(ValueError, match="select=last"):
-        run.cached("clf", {}, lambda s: train_classifier(s, toy_set(), TrainConfig(epochs=1), 3, None))
+        run.cached("clf", lambda s: train_classifier(s, toy_set(), TrainConfig(epochs=1), 3, None))
 
 
 @pytest.mark.parametrize("arch", ["mlp", "mlp16"])

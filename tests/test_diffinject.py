@@ -285,6 +285,7 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
 def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_show(tmp_path, fake_mnist):
     from diffdebias.config import load_config
     from diffdebias.data.base import ImageSet
+    from diffdebias.keys import Source
     from diffdebias.methods.common import Context
     from diffdebias.methods.synthetic_filters import crossfit_agree
     from diffdebias.runs import Run
@@ -299,7 +300,8 @@ def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_
     labels = torch.where(wrong, (train.labels[:400] + 1) % 10, train.labels[:400])
     keep = torch.ones(400, dtype=torch.bool)
     keep[:40] = False  # dropped by an earlier filter: stays dropped, and no half classifier trains on it
-    agree = crossfit_agree(ctx, ImageSet(images, labels), keep, torch.zeros(0, dtype=torch.long), ("probe",))
+    errors_from = Source("probe", "probe")  # stands in for the ranking's scores: only their key is read
+    agree = crossfit_agree(ctx, ImageSet(images, labels), keep, torch.zeros(0, dtype=torch.long), errors_from)
     assert not agree[:40].any()
     assert float(agree[40:][~wrong[40:]].double().mean()) > 0.8  # their picture shows their label
     assert float(agree[40:][wrong[40:]].double().mean()) < 0.2  # it shows another class

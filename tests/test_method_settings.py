@@ -13,6 +13,7 @@ import diffdebias.bench
 from diffdebias.bench import cell_config, collect
 from diffdebias.cli import main
 from diffdebias.config import SECTIONS, ConfigError, DiffusionConfig, dump_yaml, load_config, settings_dict, to_dict
+from diffdebias.keys import Source
 from diffdebias.methods import METHODS, method_settings
 from diffdebias.methods.generation import diffusion_stage
 from diffdebias.runs import config_hash
@@ -98,7 +99,8 @@ def test_a_retired_key_loads_with_a_warning_naming_it(tmp_path):
 
 def test_the_diffusion_stage_keeps_its_key_without_prediction_type():
     """Models cached while ``diffusion.prediction_type`` existed keep their stage key (hash taken before it went)."""
-    ctx = types.SimpleNamespace(run=types.SimpleNamespace(cached=lambda name, key, *args, **kwargs: key))
-    assert config_hash(diffusion_stage(ctx, "diffusion", DiffusionConfig(), None, None, ())) == "e5294c3847d91402"
-    key = diffusion_stage(ctx, "diffusion", DiffusionConfig(preset="tiny", conditional=False), None, None, ())
+    ctx = types.SimpleNamespace(run=types.SimpleNamespace(cached=lambda name, compute, what, **kw: what.settings))
+    data = Source("train", "k")
+    assert config_hash(diffusion_stage(ctx, "diffusion", DiffusionConfig(), None, None, data)) == "e5294c3847d91402"
+    key = diffusion_stage(ctx, "diffusion", DiffusionConfig(preset="tiny", conditional=False), None, None, data)
     assert config_hash(key) == "e8bd28b164bc2edc"

@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 
+from diffdebias.keys import Source, reads
 from diffdebias.runs import Run, atomic_path, generator, load_state, save_state, write_json
 
 
@@ -46,14 +47,14 @@ def test_stage_cache_skips_and_invalidates(tmp_path):
         (stage.path("out.txt")).write_text("x")
 
     run = Run(tmp_path, seed=1, quiet=True)
-    run.cached("a", {"k": 1}, compute)
-    run.cached("a", {"k": 1}, compute)
+    run.cached("a", compute, reads(k=1))
+    run.cached("a", compute, reads(k=1))
     assert calls == ["a"]
-    run.cached("a", {"k": 2}, compute)  # config changed: recomputed
+    run.cached("a", compute, reads(k=2))  # config changed: recomputed
     assert calls == ["a", "a"]
-    run.cached("a", {"k": 2}, compute, inputs=("upstream-changed",))
+    run.cached("a", compute, reads(Source("up", "upstream-changed"), k=2))
     assert calls == ["a", "a", "a"]
-    assert Run(tmp_path, seed=2, quiet=True).stage("a", {"k": 2}).key != run.stage("a", {"k": 2}).key
+    assert Run(tmp_path, seed=2, quiet=True).stage("a", reads(k=2)).key != run.stage("a", reads(k=2)).key
 
 
 def test_interrupted_stage_keeps_its_files_and_resumes(tmp_path):
@@ -64,15 +65,15 @@ def test_interrupted_stage_keeps_its_files_and_resumes(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run.cached("train", {"k": 1}, crash)
+        run.cached("train", crash, reads(k=1))
     seen = []
 
     def resume(stage):
         seen.append(stage.path("checkpoint").read_text())
 
-    run.cached("train", {"k": 1}, resume)
+    run.cached("train", resume, reads(k=1))
     assert seen == ["epoch 3"]
-    assert run.stage("train", {"k": 1}).done
+    assert run.stage("train", reads(k=1)).done
 
 
 def test_generators_are_seeded_by_parts():
@@ -92,15 +93,15 @@ def test_shared_stage_cache_computes_a_stage_once_across_runs(tmp_path):
     cache = tmp_path / "cache"
     a = Run(tmp_path / "a", seed=1, quiet=True, stage_cache=cache)
     b = Run(tmp_path / "b", seed=1, quiet=True, stage_cache=cache)
-    a.cached("diffusion", {"steps": 5}, compute)
-    b.cached("diffusion", {"steps": 5}, compute)
+    a.cached("diffusion", compute, reads(steps=5))
+    b.cached("diffusion", compute, reads(steps=5))
     assert calls == ["diffusion"]
     assert (tmp_path / "b" / "diffusion" / "weights.txt").read_text() == "diffusion"  # linked into run b
-    b.cached("diffusion", {"steps": 6}, compute)  # another config: another cache entry, relinked
+    b.cached("diffusion", compute, reads(steps=6))  # another config: another cache entry, relinked
     assert calls == ["diffusion", "diffusion"]
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
     assert (tmp_path / "a" / "diffusion").resolve() != (tmp_path / "b" / "diffusion").resolve()
-    Run(tmp_path / "c", seed=2, quiet=True, stage_cache=cache).cached("diffusion", {"steps": 5}, compute)
+    Run(tmp_path / "c", seed=2, quiet=True, stage_cache=cache).cached("diffusion", compute, reads(steps=5))
     assert len(calls) == 3  # another seed is another stage
 
 
@@ -119,10 +120,10 @@ def test_two_processes_needing_one_stage_compute_it_once(tmp_path):
     first = Run(tmp_path / "a", seed=1, quiet=True, stage_cache=cache)
     second = Run(tmp_path / "b", seed=1, quiet=True, stage_cache=cache)
     second.log = waits.append
-    worker = threading.Thread(target=first.cached, args=("diffusion", {"steps": 5}, slow))
+    worker = threading.Thread(target=first.cached, args=("diffusion", slow, reads(steps=5)))
     worker.start()
     assert started.wait(10)
-    st = second.cached("diffusion", {"steps": 5}, slow)
+    st = second.cached("diffusion", slow, reads(steps=5))
     worker.join()
     assert calls == ["diffusion"]
     assert any("waiting" in w for w in waits)
@@ -134,7 +135,7 @@ def test_chunked_work_resumes_at_the_chunks_it_lacks(tmp_path):
     from diffdebias.runs import chunked
 
     run = Run(tmp_path / "run", seed=0, quiet=True)
-    st = run.stage("images", {})
+    st = run.stage("images")
     st.prepare()
     asked = []
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from diffdebias import runs
 from diffdebias.cli import main
+from diffdebias.keys import reads
 from diffdebias.runs import OwnershipError, Run
 
 COLORS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
@@ -98,7 +99,7 @@ def test_a_foreign_folder_where_a_stage_goes_survives(tmp_path):
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep me")
     with pytest.raises(OwnershipError, match="did not make it"):
-        run.cached("classifier", {}, lambda st: None)
+        run.cached("classifier", lambda st: None)
     assert (foreign / "mine.txt").read_text() == "keep me"
 
 
@@ -108,14 +109,14 @@ def test_a_foreign_folder_is_not_replaced_by_a_stage_cache_link(tmp_path):
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep me")
     with pytest.raises(OwnershipError, match="did not make it"):
-        run.cached("diffusion", {"steps": 1}, lambda st: None)
+        run.cached("diffusion", lambda st: None, reads(steps=1))
     assert (foreign / "mine.txt").read_text() == "keep me" and not foreign.is_symlink()
     other = tmp_path / "elsewhere"
     other.mkdir()
     foreign.rename(tmp_path / "moved")
     foreign.symlink_to(other)  # a user's link is not replaced either
     with pytest.raises(OwnershipError, match="link diffdebias did not make"):
-        run.cached("diffusion", {"steps": 1}, lambda st: None)
+        run.cached("diffusion", lambda st: None, reads(steps=1))
     assert foreign.resolve() == other.resolve()
 
 
@@ -127,10 +128,10 @@ def test_own_stage_folders_and_links_are_still_replaced(tmp_path):
         calls.append(st.dir)
         st.path("w.txt").write_text("w")
 
-    Run(tmp_path / "r", seed=0, quiet=True).cached("a", {"k": 1}, compute)
-    Run(tmp_path / "r", seed=0, quiet=True, stage_cache=tmp_path / "c").cached("a", {"k": 2}, compute)
+    Run(tmp_path / "r", seed=0, quiet=True).cached("a", compute, reads(k=1))
+    Run(tmp_path / "r", seed=0, quiet=True, stage_cache=tmp_path / "c").cached("a", compute, reads(k=2))
     assert (tmp_path / "r" / "a").is_symlink()
-    Run(tmp_path / "r", seed=0, quiet=True).cached("a", {"k": 3}, compute)
+    Run(tmp_path / "r", seed=0, quiet=True).cached("a", compute, reads(k=3))
     assert not (tmp_path / "r" / "a").is_symlink() and len(calls) == 3
 
 
@@ -324,8 +325,8 @@ def test_orphan_temp_files_go_when_their_stage_runs_again(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run.cached("s", {}, killed)
-    run.cached("s", {}, lambda st: None)
+        run.cached("s", killed)
+    run.cached("s", lambda st: None)
     names = sorted(p.name for p in (tmp_path / "r" / "s").iterdir())
     assert ".checkpoint.safetensors.ab12cd_9.tmp" not in names and "mine.tmp" in names
 
@@ -348,6 +349,6 @@ def test_stage_time_adds_up_across_resumes(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run.cached("s", {}, killed)
-    run.cached("s", {}, lambda st: None)
+        run.cached("s", killed)
+    run.cached("s", lambda st: None)
     assert 40.0 <= runs.read_json(tmp_path / "r" / "timings.json")["s"] < 45.0

@@ -43,7 +43,7 @@ def make(kind, data):
 def train(tmp_path, name, data, weighting):
     out = {}
     run = Run(tmp_path / name, 3, quiet=True)
-    stage = run.cached("clf", {}, lambda s: out.update(m=train_classifier(s, data, CFG, 3, weighting=weighting)))
+    stage = run.cached("clf", lambda s: out.update(m=train_classifier(s, data, CFG, 3, weighting=weighting)))
     return out["m"], read_json(stage.path("history.json"))
 
 

@@ -9,6 +9,7 @@ from diffdebias.classifiers.train import evaluate, load_classifier
 from diffdebias.cli import main
 from diffdebias.config import load_config
 from diffdebias.data import load_dataset
+from diffdebias.keys import NOTHING
 from diffdebias.methods.common import train_group_counts
 from diffdebias.runs import Stage
 from test_diffinject import TINY as DI_TINY
@@ -61,11 +62,12 @@ def diffinject_keys(out: Path, fake_mnist: Path, *overrides: str) -> dict[str, t
     from diffdebias.runs import Run
 
     calls = []
-    cached = Run.cached
+    stage = Run.stage
 
-    def record(self, name, config, compute, inputs=(), distributed=False):
-        st = cached(self, name, config, compute, inputs, distributed)
-        calls.append((name, config, tuple(inputs), st.key))
+    def record(self, name, what=NOTHING, version=0):
+        st = stage(self, name, what, version)
+        calls.append((name, {**what.settings, **({"version": version} if version else {})}, tuple(what.inputs),
+                      st.key))
         return st
 
     args = ["run", "configs/cmnist/diffinject.yaml", "--out", str(out), "--quiet", "--set",
@@ -73,11 +75,11 @@ def diffinject_keys(out: Path, fake_mnist: Path, *overrides: str) -> dict[str, t
             "injection.precision=fp32", "--set", "diffinject.compare_erm=false"]
     for o in overrides:
         args += ["--set", o]
-    Run.cached = record
+    Run.stage = record
     try:
         assert main(args) == 0
     finally:
-        Run.cached = cached
+        Run.stage = stage
     data = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}",
                                                           "data.conflict_ratio=0.05"]).data
     names = {dataset_key(data): "data", train_key(data): "train"}
@@ -108,8 +110,8 @@ DI_BASE = {  # the released pipeline: GCE ranking, top 10 per class, every synth
     "classifier": ({"label_source": "style"}, ["data", "injection"]),
     "shape_classifier": (None, ["data"]),
     "real_colour_shape": (DIAGNOSTIC, ["data", "shape_classifier"]),
-    "synthetic_colour_shape": (DIAGNOSTIC, ["injection", "shape_classifier"]),
-    "evaluation": ({"metrics": 2, "splits": ["valid", "test"]}, ["classifier", "data"]),
+    "synthetic_colour_shape": ({**DIAGNOSTIC, "label_source": "style"}, ["injection", "shape_classifier"]),
+    "evaluation": ({"splits": ["valid", "test"], "version": 2}, ["classifier", "data"]),
 }
 LFF_KEY = {"final_method": "lff", "label_source": "style", "lff": {"alpha": 0.7, "ema": True, "normalize": True,
                                                                     "q": 0.7}}
@@ -132,8 +134,10 @@ DI_VARIANTS = [  # (overrides, the stages whose keys differ from DI_BASE's)
      {"classifier": (FILTERED, ["biased_classifier", "data", "injection"]),
       "crossfit_0": ({**FILTERED, "half": 0}, ["biased_scores", "data", "injection"]),
       "crossfit_1": ({**FILTERED, "half": 1}, ["biased_scores", "data", "injection"]),
+      # the kept images' numbers read what kept them, the GCE classifier of ``conflicting`` included
       "synthetic_colour_shape": ({**DIAGNOSTIC, **{k: v for k, v in FILTERED.items() if k in (
-          "crossfit_epochs", "keep", "min_similarity", "neighbours")}}, ["injection", "shape_classifier"])}),
+          "crossfit_epochs", "keep", "label_source", "min_similarity", "neighbours")}},
+                                 ["biased_classifier", "injection", "shape_classifier"])}),
 ]
 COLOUR_SHAPE = ("shape_classifier", "real_colour_shape", "synthetic_colour_shape")  # none when no image is kept
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import Config, dump_yaml, key_dict
+from .config import Config, dump_yaml
 from .data import describe, split_table
 from .devices import process_group
 from .evaluation.report import write_report
+from .keys import reads
 from .methods import Context, get_method, method_settings
 from .methods.common import evaluate_stage, record
 from .runs import Run, Stage, finite_json, read_json, write_json, write_text
@@ -41,7 +42,7 @@ def execute(cfg: Config, out: str | Path | None = None, quiet: bool = False,
         if ctx.data.train.paths is not None:  # datasets read from files (a seeded split, e.g. BAR's valid, is kept)
             write_text(stage.path("split.csv"), split_table(ctx.data))
 
-    run.cached("data", key_dict(cfg.data), summarise, (ctx.data_key,))
+    run.cached("data", summarise, reads(cfg.data, ctx.dataset))
     result = method(ctx)
     final = result.model
 

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .devices import barrier, is_main, process_group, share
+from .keys import NOTHING, Reads
 
 RUN_MARKER = ".diffdebias-run"  # in every run directory the toolkit made: it may write and delete stages there
 
@@ -396,10 +397,14 @@ class Run:
         if not self.quiet:
             print(f"[diffdebias] {msg}", flush=True)
 
-    def stage(self, name: str, config: Any, inputs: Iterable[str] = ()) -> Stage:
-        """The stage's folder is ``<run>/<name>``; with a shared stage cache it lives in ``<cache>/<name>-<key>``
-        (found by any run that needs the same stage with the same inputs) and ``<run>/<name>`` links to it."""
-        key = config_hash(name, config, sorted(inputs), self.seed)
+    def stage(self, name: str, what: Reads = NOTHING, version: int = 0) -> Stage:
+        """The stage ``name`` keyed by what it reads (:mod:`..keys`) and its code ``version`` (0: the version of
+        every stage cached before versions existed, kept out of the key so those stay valid).
+
+        The stage's folder is ``<run>/<name>``; with a shared stage cache it lives in ``<cache>/<name>-<key>`` (found
+        by any run that needs the same stage with the same inputs) and ``<run>/<name>`` links to it."""
+        settings = {**what.settings, "version": version} if version else dict(what.settings)
+        key = config_hash(name, settings, sorted(what.inputs), self.seed)
         local = self.root / name
         if self.stage_cache is None or (not local.is_symlink() and Stage(name, local, key, self.seed).done):
             return Stage(name=name, dir=local, key=key, seed=self.seed, log=self.log)
@@ -431,16 +436,17 @@ class Run:
                                      f"not replace it; move it away or choose another run directory (--out)")
             local.rmdir()
 
-    def cached(self, name: str, config: Any, compute: Callable[[Stage], None], inputs: Iterable[str] = (),
+    def cached(self, name: str, compute: Callable[[Stage], None], what: Reads = NOTHING, version: int = 0,
                distributed: bool = False) -> Stage:
-        """Run ``compute(stage)`` unless the stage is already done for this config and these inputs. A process that
-        finds another one computing the same stage waits for it instead of computing it twice.
+        """Run ``compute(stage)`` unless the stage is already done for what it reads (``what``: settings and input
+        stages, :func:`..keys.reads`) at this code ``version``. A process that finds another one computing the same
+        stage waits for it instead of computing it twice.
 
         Of several processes launched together (torchrun, accelerate launch), every one calls this for every stage,
         in the same order. The main process alone takes the lock, decides to skip or (re)start the stage and writes
         its markers; the others learn its decision. A ``distributed`` stage (``compute`` splits its work across the
         processes) computes on all of them, any other on the main process while the others wait."""
-        st = self.stage(name, config, inputs)
+        st = self.stage(name, what, version)
         lock = exclusive(st.dir.parent / f".{st.dir.name}.lock",
                          on_wait=lambda: self.log(f"stage {name}: another process is computing it, waiting"))
         with lock if self.main else nullcontext():

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..keys import NOTHING, Reads
+
 
 class DatasetError(ValueError):
     """Bad dataset input; the message names the file and row (or the config field)."""
@@ -26,6 +28,9 @@ class ImageSet:
     bias: torch.Tensor | None = None  # (N,) int64, or None when the dataset has no bias labels
     paths: list[str] | None = None  # source file of each image, when there is one
     extra_bias: dict[str, torch.Tensor] | None = None  # further bias attributes by name, each (N,) int64
+    # what a set that stages made was made from (empty for a dataset's own splits, keyed by the dataset): a stage
+    # that trains on it or selects with it is keyed by that too
+    reads: Reads = field(default=NOTHING, repr=False)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -53,6 +58,7 @@ class ImageSet:
             None if self.bias is None else self.bias[index],
             None if self.paths is None else [self.paths[i] for i in index.tolist()],
             None if self.extra_bias is None else {k: v[index] for k, v in self.extra_bias.items()},
+            self.reads,
         )
 
     def aligned_mask(self) -> torch.Tensor:

@@ -3,12 +3,11 @@ methods plug it in as their detector (``detection.source=ddb``, DiffInject's ``c
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from ..config import key_dict, load_config
+from ..config import load_config
+from ..keys import Reads, reads
 from ..runs import Stage
 from .common import Context, Scores, Trained, score_stage, train_stage
 from .detection import SUPERVISED_RULES, detect, identification
@@ -27,10 +26,10 @@ def synthetic_amplifier(ctx: Context) -> tuple[Trained, Stage, Stage]:
     cfg = ctx.cfg
     d = ctx.data
     diff = diffusion_stage(ctx, "diffusion", cfg.diffusion, d.train, d.num_classes if cfg.diffusion.conditional
-                           else None, (ctx.train_key,))
+                           else None, ctx.train_split)
     syn = synthetic_stage(ctx, "synthetic", diff, cfg.sampling, cfg.diffusion, d.num_classes,
                           d.train.images.shape[-1])
-    amp = train_stage(ctx, "amplifier", cfg.amplifier, train=load_synthetic(syn), inputs=(syn.key,))
+    amp = train_stage(ctx, "amplifier", cfg.amplifier, train=load_synthetic(syn))
     return amp, diff, syn
 
 
@@ -44,14 +43,14 @@ def ddb_amplifier(ctx: Context, ddb_config: str) -> tuple[Context, Trained]:
     return sub, amp
 
 
-def ddb_flags(ctx: Context) -> tuple[torch.Tensor, str, dict[str, Any]]:
+def ddb_flags(ctx: Context) -> tuple[torch.Tensor, Reads]:
     """DDB as a plug-in detector (``detection.source=ddb``): the real training samples the amplifier of
-    ``detection.ddb_config`` flags as bias-conflicting under that config's detection rule. Returns the mask, the key
-    of the scores it came from and the rule (for the stage keys of what uses it); records how well it matches."""
+    ``detection.ddb_config`` flags as bias-conflicting under that config's detection rule. Returns the mask and what
+    it was made from (the scores and the rule: the stage key of what uses it); records how well it matches."""
     sub, amp = ddb_amplifier(ctx, ctx.cfg.detection.ddb_config)
     scores = score_stage(sub, "amplifier_scores", amp)
     flags = detected(sub, scores)
     if sub.cfg.detection.rule in SUPERVISED_RULES:
         ctx.metrics["supervised"] = True
     ctx.metrics["ddb_detection"] = identification(ctx.data.train, scores.loss.numpy(), flags)
-    return torch.from_numpy(flags).bool(), scores.key, key_dict(sub.cfg.detection)
+    return torch.from_numpy(flags).bool(), reads(scores, detector=sub.cfg.detection)

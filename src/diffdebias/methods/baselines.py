@@ -23,8 +23,8 @@ from ..classifiers.debias_weighting import (
 from ..classifiers.losses import cross_entropy
 from ..classifiers.train import predict_logits
 from ..classifiers.weighting import GroupDRO
-from ..config import key_dict, to_dict
 from ..data.base import ImageSet
+from ..keys import reads
 from ..runs import Stage, load_tensors, read_json, save_tensors, write_json
 from .amplifier import ddb_flags
 from .common import Context, Method, Trained, record, train_stage
@@ -38,9 +38,8 @@ def run_lff(ctx: Context) -> Trained:
     """LfF (Nam et al. 2020): f_B (GCE) and f_D trained jointly, f_D's CE weighted by the relative difficulty."""
     c = ctx.cfg
     require_ce(c.classifier, "lff")
-    valid, inputs = lff_selection(ctx)
-    return train_stage(ctx, "lff", c.classifier, weighting=lff_weighting(ctx, ctx.data.train),
-                       extra_config={"lff": key_dict(c.lff)}, valid=valid, inputs=inputs)
+    return train_stage(ctx, "lff", c.classifier, weighting=lff_weighting(ctx, ctx.data.train), what=reads(lff=c.lff),
+                       valid=lff_selection(ctx))
 
 
 # ---------------------------------------------------------------------------------------------------------- JTT
@@ -60,13 +59,13 @@ def run_jtt(ctx: Context) -> Trained:
     def identify() -> Trained:
         return train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last", ensemble=1))
 
-    valid, valid_keys = selection_valid(ctx, j.valid_groups, "jtt.valid_groups", identify)
+    valid = selection_valid(ctx, j.valid_groups, "jtt.valid_groups", identify)
     if c.detection.source == "ddb":  # DDB as the plug-in detector: its flagged samples are the error set
-        flags, key, rule = ddb_flags(ctx)
+        flags, detector = ddb_flags(ctx)
         index = flags.nonzero().squeeze(1)
         copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
-        return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(key, *valid_keys),
-                           extra_config={"jtt": key_dict(j), "copies": copies, "detector": rule}, valid=valid)
+        return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies),
+                           what=reads(detector, jtt=j, copies=copies), valid=valid)
     first = identify()
 
     def find_errors(stage: Stage) -> None:
@@ -77,12 +76,12 @@ def run_jtt(ctx: Context) -> Trained:
         save_tensors(stage.path("error_set.safetensors"), {"index": wrong.nonzero().squeeze(1), "loss": loss})
         write_json(stage.path("summary.json"), identification(train, loss.numpy(), wrong.numpy()))
 
-    errors = ctx.run.cached("jtt_error_set", {"rule": "eval-mode errors after epoch T"}, find_errors, (first.key,))
+    errors = ctx.run.cached("jtt_error_set", find_errors, reads(first, rule="eval-mode errors after epoch T"))
     index = load_tensors(errors.path("error_set.safetensors"))[0]["index"]
     record(ctx, "jtt_error_set", read_json(errors.path("summary.json")))
     copies = jtt_copies(j.lambda_up, len(ctx.data.train), len(index))
-    return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies), inputs=(first.key, errors.key),
-                       extra_config={"jtt": key_dict(j), "copies": copies}, valid=valid)
+    return train_stage(ctx, "jtt", c.classifier, weighting=Upsample(index, copies),
+                       what=reads(first, errors, jtt=j, copies=copies), valid=valid)
 
 
 # ---------------------------------------------------------------------------------------------------- Group-DRO
@@ -105,7 +104,7 @@ def run_gdro(ctx: Context) -> Trained:
     g = c.groupdro
     w = GroupDRO.from_config(groups, g)
     record(ctx, "supervised", True)
-    return train_stage(ctx, "gdro", c.classifier, weighting=w, extra_config={"groupdro": key_dict(g)})
+    return train_stage(ctx, "gdro", c.classifier, weighting=w, what=reads(groupdro=g))
 
 
 # ------------------------------------------------------------------------------------------------------- DisEnt
@@ -117,7 +116,7 @@ def run_disent(ctx: Context) -> Trained:
     require_ce(c.classifier, "disent")
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision)
     return train_stage(ctx, "disent", c.classifier, weighting=w, build_model=disent_factory,
-                       extra_config={"disent": to_dict(c.disent), "lff": key_dict(c.lff)})
+                       what=reads(disent=c.disent, lff=c.lff))
 
 
 # ------------------------------------------------------------------------------------------------- BiasEnsemble
@@ -140,8 +139,8 @@ def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
     has_valid = len(ctx.data.valid) > 0
     member_cfg = replace(c.classifier, loss="gce", gce_q=c.lff.q, epochs=steps.epochs, eval_every=1, ensemble=1,
                          select="valid" if has_valid else "last", select_metric="accuracy")  # already a committee
-    extra = {"iterations": be.iterations, "valid_freq": be.valid_freq}
-    members = [train_stage(ctx, f"be_bias{k}", member_cfg, weighting=steps, extra_config=extra)
+    schedule = reads(iterations=be.iterations, valid_freq=be.valid_freq)
+    members = [train_stage(ctx, f"be_bias{k}", member_cfg, weighting=steps, what=schedule)
                for k in range(be.num_models)]
 
     def vote(stage: Stage) -> None:
@@ -156,8 +155,7 @@ def bias_committee(ctx: Context) -> tuple[torch.Tensor, Stage]:
         score = (1 - p_y.mean(1)).numpy()  # higher: more likely bias-conflicting
         write_json(stage.path("summary.json"), identification(train, score, (~aligned).numpy()))
 
-    committee = ctx.run.cached("be_committee", {"tau": be.tau, "agreement": be.agreement}, vote,
-                               tuple(m.key for m in members))
+    committee = ctx.run.cached("be_committee", vote, reads(*members, tau=be.tau, agreement=be.agreement))
     record(ctx, "be_pseudo_conflicting", read_json(committee.path("summary.json")))
     aligned = load_tensors(committee.path("committee.safetensors"))[0]["aligned"].bool()
     return aligned, committee
@@ -169,13 +167,13 @@ def run_lff_be(ctx: Context) -> Trained:
     c, d = ctx.cfg, ctx.data
     require_ce(c.classifier, "lff_be")
     if c.detection.source == "ddb":  # DDB as the plug-in detector: what it does not flag is pseudo-aligned
-        flags, key, rule = ddb_flags(ctx)
+        flags, detector = ddb_flags(ctx)
         return train_stage(ctx, "lff_be", c.classifier, weighting=lff_weighting(ctx, d.train, aligned_mask=~flags),
-                           inputs=(key,), extra_config={"lff": key_dict(c.lff), "detector": rule})
+                           what=reads(detector, lff=c.lff))
     aligned, committee = bias_committee(ctx)
     w = lff_weighting(ctx, d.train, aligned_mask=aligned)
-    return train_stage(ctx, "lff_be", c.classifier, weighting=w, inputs=(committee.key,),
-                       extra_config={"lff": key_dict(c.lff), "bias_ensemble": to_dict(c.bias_ensemble)})
+    return train_stage(ctx, "lff_be", c.classifier, weighting=w,
+                       what=reads(committee, lff=c.lff, bias_ensemble=c.bias_ensemble))
 
 
 def run_disent_be(ctx: Context) -> Trained:
@@ -185,8 +183,7 @@ def run_disent_be(ctx: Context) -> Trained:
     aligned, committee = bias_committee(ctx)
     w = DisEnt.from_config(d.train.labels, c.disent, c.lff, c.classifier.precision, aligned_mask=aligned)
     return train_stage(ctx, "disent_be", c.classifier, weighting=w, build_model=disent_factory,
-                       inputs=(committee.key,), extra_config={"disent": to_dict(c.disent), "lff": key_dict(c.lff),
-                                                              "bias_ensemble": to_dict(c.bias_ensemble)})
+                       what=reads(committee, disent=c.disent, lff=c.lff, bias_ensemble=c.bias_ensemble))
 
 
 BASELINES = {  # detection: its source and ddb_config (DDB as the plug-in detector)

@@ -14,10 +14,11 @@ from torch import nn
 from ..classifiers.models import SoftmaxAverage
 from ..classifiers.train import ModelFactory, default_factory, load_classifier, predict_logits, train_classifier
 from ..classifiers.weighting import Weighting
-from ..config import Config, TrainConfig, key_dict
+from ..config import Config, TrainConfig
 from ..data import Splits, dataset_key, load_dataset, train_key
 from ..data.base import ImageSet
 from ..devices import launched
+from ..keys import NOTHING, Reads, Source, reads
 from ..runs import Run, Stage, load_tensors, read_json, save_tensors, write_json
 from .detection import GROUP_METRICS
 
@@ -43,6 +44,16 @@ class Context:
     def train_key(self) -> str:
         """Key of the training split alone, for stages that read nothing else."""
         return train_key(self.cfg.data)
+
+    @property
+    def dataset(self) -> Source:
+        """The whole dataset as a stage input."""
+        return Source("data", self.data_key)
+
+    @property
+    def train_split(self) -> Source:
+        """The training split alone as a stage input."""
+        return Source("train", self.train_key)
 
 
 @dataclass
@@ -110,14 +121,14 @@ def train_stage(
     cfg: TrainConfig,
     weighting: Weighting | None = None,
     train: ImageSet | None = None,
-    inputs: tuple[str, ...] = (),
-    extra_config: Any = None,
+    what: Reads = NOTHING,
     build_model: ModelFactory = default_factory,
     valid: ImageSet | None | str = "real",
 ) -> Trained:
     """Train a classifier as a cached stage. ``train`` defaults to the real training split and ``valid`` to the real
-    valid split (None: no valid split); ``inputs`` are the keys of the stages the weighting or the training set came
-    from, so a change upstream retrains this stage.
+    valid split (None: no valid split); ``what`` is what the weighting reads (:func:`..keys.reads`: its settings and
+    the stages it came from). The stage is keyed by that, the training settings, and what ``train`` and ``valid``
+    were made from (:attr:`ImageSet.reads`), so a change upstream retrains it.
 
     A model kept at its last epoch beside the real valid split never reads that split (it is only logged in the
     history), so the stage is keyed by the training split alone and a change to the valid split keeps it cached.
@@ -137,9 +148,11 @@ def train_stage(
                          build_model=build_model, parallel=parallel)
 
     parallel = launched() and (weighting is None or weighting.distributable)  # every process trains its part
-    data_key = ctx.train_key if cfg.select == "last" and valid == "real" and train is None else ctx.data_key
-    members = tuple(ctx.run.cached(name if k == 0 else f"{name}_m{k}", {"train": key_dict(one), "extra": extra_config},
-                                   compute, (data_key, *inputs), distributed=parallel) for k in range(cfg.ensemble))
+    data = ctx.train_split if cfg.select == "last" and valid == "real" and train is None else ctx.dataset
+    read = reads(what, train, valid if isinstance(valid, ImageSet) else None)
+    key = reads(data, Reads(inputs=read.inputs), train=one, extra=dict(read.settings) or None)
+    members = tuple(ctx.run.cached(name if k == 0 else f"{name}_m{k}", compute, key, distributed=parallel)
+                    for k in range(cfg.ensemble))
     return Trained(members[0], cfg, ctx, build_model, members if cfg.ensemble > 1 else ())
 
 
@@ -167,7 +180,7 @@ def evaluate_stage(ctx: Context, name: str, model: Trained, splits: tuple[str, .
                    {s: evaluate(model.model, d.split(s), d.num_classes, d.num_bias, group_weights=weights)
                     for s in splits})
 
-    st = ctx.run.cached(name, {"splits": list(splits), "metrics": 2}, compute, (model.key, ctx.data_key))
+    st = ctx.run.cached(name, compute, reads(model, ctx.dataset, splits=list(splits)), version=2)
     return read_json(st.path("metrics.json"))
 
 
@@ -190,7 +203,7 @@ def logits_stage(ctx: Context, name: str, model: Trained) -> tuple[Stage, torch.
     def compute(stage: Stage) -> None:
         save_tensors(stage.path("logits.safetensors"), {"logits": predict_logits(model.model, ctx.data.train.images)})
 
-    st = ctx.run.cached(name, {}, compute, (model.key,))
+    st = ctx.run.cached(name, compute, reads(model))
     return st, load_tensors(st.path("logits.safetensors"))[0]["logits"]
 
 
@@ -203,6 +216,6 @@ def score_stage(ctx: Context, name: str, model: Trained, split: str = "train") -
         loss = torch.nn.functional.cross_entropy(logits, part.labels, reduction="none")
         save_tensors(stage.path("scores.safetensors"), {"loss": loss, "pred": logits.argmax(1)})
 
-    st = ctx.run.cached(name, {} if split == "train" else {"split": split}, compute, (model.key,))
+    st = ctx.run.cached(name, compute, reads(model) if split == "train" else reads(model, split=split))
     t, _ = load_tensors(st.path("scores.safetensors"))
     return Scores(st, t["loss"], t["pred"])

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ..classifiers.weighting import FixedBiasLossWeights, GroupDRO
-from ..config import Config, TrainConfig, key_dict
+from ..config import Config, TrainConfig
 from ..data.base import ImageSet
+from ..keys import Reads, reads
 from ..runs import Stage
 from .amplifier import detected, synthetic_amplifier
 from .common import Context, Scores, Trained, evaluate_stage, logits_stage, score_stage, train_stage
@@ -26,21 +27,21 @@ from .generation import load_synthetic
 RECIPES = ("groupdro", "lff")
 
 
-def selection_valid(ctx: Context, amp: Trained) -> tuple[ImageSet | str, tuple[str, ...], dict[str, Any] | None]:
+def selection_valid(ctx: Context, amp: Trained) -> ImageSet | str:
     """The valid split that selects the recipe's model (and its ERM comparison) when ``classifier.select=valid``.
 
     Its bias labels are replaced by the pseudo-groups the detection rule finds in it with the same frozen amplifier,
     so ``select_metric=unbiased_accuracy`` or ``worst_group_accuracy`` needs no true bias label (the oracle rule reads
-    the true ones here too). Returns the split, the stage keys it came from, and the config part it depends on;
-    with ``select=last`` or a metric that reads no group (``accuracy``) the plain valid split and nothing else.
+    the true ones here too); the split carries the scores and the rule it was made with. With ``select=last`` or a
+    metric that reads no group (``accuracy``) the plain valid split.
     """
     c = ctx.cfg.classifier
     if c.select != "valid" or c.select_metric not in GROUP_METRICS:
-        return "real", (), None
+        return "real"
     d = ctx.data
     scores = score_stage(ctx, "amplifier_valid_scores", amp, split="valid")
-    valid = with_pseudo_groups(d.valid, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes)
-    return valid, (scores.key,), {"valid_groups": key_dict(ctx.cfg.detection)}
+    return with_pseudo_groups(d.valid, torch.from_numpy(detected(ctx, scores, "valid")), d.num_classes,
+                              reads(scores, valid_groups=ctx.cfg.detection))
 
 
 def detection_report(ctx: Context, scores: Scores) -> dict[str, Any]:
@@ -65,14 +66,14 @@ def reference_amplifiers(ctx: Context) -> dict[str, Trained]:
     }
 
 
-def bias_loss(ctx: Context, amp: Trained, scores: Scores) -> tuple[torch.Tensor, str]:
-    """Recipe II's per-sample loss of the amplifier and the key of the stage it comes from: its plain CE (the
-    paper's), or its CE at ``logits / ddb.bias_temperature`` from its cached logits."""
+def bias_loss(ctx: Context, amp: Trained, scores: Scores) -> tuple[torch.Tensor, Stage]:
+    """Recipe II's per-sample loss of the amplifier and the stage it comes from: its plain CE (the paper's), or its CE
+    at ``logits / ddb.bias_temperature`` from its cached logits."""
     t = ctx.cfg.ddb.bias_temperature
     if t == 1:
-        return scores.loss, scores.key
+        return scores.loss, scores.stage
     stage, logits = logits_stage(ctx, "amplifier_logits", amp)
-    return torch.nn.functional.cross_entropy(logits / t, ctx.data.train.labels, reduction="none"), stage.key
+    return torch.nn.functional.cross_entropy(logits / t, ctx.data.train.labels, reduction="none"), stage
 
 
 def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None = None):
@@ -93,34 +94,30 @@ def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None =
     raise ValueError(f"unknown ddb.recipe '{cfg.ddb.recipe}' (known: {', '.join(RECIPES)})")
 
 
-def recipe_config(ctx: Context) -> dict[str, Any]:
-    """The part of the config the recipe stage depends on."""
-    cfg = ctx.cfg
-    out: dict[str, Any] = {"recipe": cfg.ddb.recipe}
-    if cfg.ddb.recipe == "groupdro":
-        out.update(detection=key_dict(cfg.detection), groupdro=key_dict(cfg.groupdro))
-    else:
-        out.update(lff=key_dict(cfg.lff))
-        if cfg.ddb.bias_temperature != 1:
-            out.update(bias_temperature=cfg.ddb.bias_temperature)
-    return out
+def recipe_reads(ctx: Context, loss: Stage) -> Reads:
+    """What the recipe's weighting reads: the amplifier's losses (``loss``, the stage they come from) and the
+    recipe's settings (a temperature only when it is not the paper's 1)."""
+    ddb = ctx.cfg.ddb
+    if ddb.recipe == "groupdro":
+        return reads(loss, recipe=ddb.recipe, detection=ctx.cfg.detection, groupdro=ctx.cfg.groupdro)
+    t = {} if ddb.bias_temperature == 1 else {"bias_temperature": ddb.bias_temperature}
+    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t)
 
 
 def amplification_stage(ctx: Context, syn: Stage) -> dict[str, Any]:
     """Colored MNIST only: bias-aligned fraction and shape fidelity of the synthetic set, beside the real set's."""
-    return colour_shape_stage(ctx, "amplification", lambda: load_synthetic(syn), (syn.key,))
+    return colour_shape_stage(ctx, "amplification", lambda: load_synthetic(syn), reads(syn))
 
 
 def run_ddb(ctx: Context) -> Trained:
     cfg = ctx.cfg
     amp, diff, syn = synthetic_amplifier(ctx)
     scores = {"synthetic": score_stage(ctx, "amplifier_scores", amp)}
-    valid, valid_inputs, valid_config = selection_valid(ctx, amp)
-    extra = recipe_config(ctx) if valid_config is None else {**recipe_config(ctx), **valid_config}
-    loss_b, loss_key = bias_loss(ctx, amp, scores["synthetic"]) if cfg.ddb.recipe == "lff" else (None, "")
-    final = train_stage(ctx, "classifier", cfg.classifier,
-                        weighting=recipe_weighting(ctx, scores["synthetic"], loss_b),
-                        inputs=(loss_key or scores["synthetic"].key, *valid_inputs), extra_config=extra, valid=valid)
+    valid = selection_valid(ctx, amp)
+    synthetic = scores["synthetic"]
+    loss_b, loss = bias_loss(ctx, amp, synthetic) if cfg.ddb.recipe == "lff" else (None, synthetic.stage)
+    final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, synthetic, loss_b),
+                        what=recipe_reads(ctx, loss), valid=valid)
 
     metrics = ctx.metrics  # with what the stages recorded
     oracle = cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"
@@ -133,7 +130,7 @@ def run_ddb(ctx: Context) -> Trained:
         metrics["detection"] = det.pop("synthetic")
         metrics["detection_references"] = det
     if cfg.ddb.compare_erm:
-        erm = train_stage(ctx, "erm", cfg.classifier, inputs=valid_inputs, extra_config=valid_config, valid=valid)
+        erm = train_stage(ctx, "erm", cfg.classifier, valid=valid)
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", erm)
     if cfg.data.name == "cmnist":
         metrics["amplification"] = amplification_stage(ctx, syn)

@@ -11,6 +11,7 @@ import torch
 
 from ..config import DetectionConfig
 from ..data.base import ImageSet
+from ..keys import Reads
 
 RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")
 SUPERVISED_RULES = ("oracle",)  # use true bias labels: a ceiling to measure, never a method
@@ -94,10 +95,12 @@ def pseudo_group_bias(labels: torch.Tensor, conflicting: torch.Tensor, num_class
     return torch.where(conflicting, (labels + 1) % num_classes, labels)
 
 
-def with_pseudo_groups(split: ImageSet, conflicting: torch.Tensor, num_classes: int) -> ImageSet:
+def with_pseudo_groups(split: ImageSet, conflicting: torch.Tensor, num_classes: int, made_from: Reads) -> ImageSet:
     """The split with its bias labels replaced by :func:`pseudo_group_bias`: a valid split that selects on groups
-    some rule found, not on true bias labels."""
-    return ImageSet(split.images, split.labels, pseudo_group_bias(split.labels, conflicting, num_classes), split.paths)
+    some rule found, not on true bias labels; ``made_from``: the rule and the stages it read (a stage that selects
+    with the split is keyed by them)."""
+    return ImageSet(split.images, split.labels, pseudo_group_bias(split.labels, conflicting, num_classes), split.paths,
+                    reads=made_from)
 
 
 def identification(train, score: np.ndarray, predicted: np.ndarray) -> dict:

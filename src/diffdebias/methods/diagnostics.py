@@ -10,6 +10,7 @@ import torch
 from ..classifiers.train import predict_logits
 from ..config import TrainConfig
 from ..data.base import ImageSet
+from ..keys import Reads, reads
 from ..runs import Stage, read_json, write_json
 from .common import Context, Trained, train_stage
 
@@ -26,13 +27,11 @@ def shape_classifier(ctx: Context) -> Trained:
 
 
 def colour_shape_stage(
-    ctx: Context, name: str, load: Callable[[], ImageSet], inputs: tuple[str, ...],
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    ctx: Context, name: str, load: Callable[[], ImageSet], made_from: Reads) -> dict[str, Any]:
     """Bias-aligned fraction (stroke colour nearest to the label's majority colour), shape fidelity (grey digit
     classifier accuracy) and usable conflicting fraction (the label's digit in another class's colour) of the images
     ``load()`` returns, as a cached stage, beside the real set's (a stage of its own, computed once per dataset).
-    ``config``: whatever else shapes the images or their labels beyond ``inputs`` (it joins the stage key)."""
+    ``made_from``: what made the images and their labels (the stage key)."""
     from ..evaluation.amplification import aligned_fraction, to_grey, usable_conflicting_fraction
 
     d = ctx.data
@@ -62,9 +61,9 @@ def colour_shape_stage(
             "synthetic_images": len(s),
         })
 
-    key = {"diagnostic": "background-subtracted, colour by hue; usable conflicting"}
-    real = ctx.run.cached("real_colour_shape", key, compute_real, (ctx.data_key, shape.key))
-    st = ctx.run.cached(name, {**key, **(config or {})}, compute, (*inputs, shape.key))
+    rule = "background-subtracted, colour by hue; usable conflicting"
+    real = ctx.run.cached("real_colour_shape", compute_real, reads(ctx.dataset, shape, diagnostic=rule))
+    st = ctx.run.cached(name, compute, reads(made_from, shape, diagnostic=rule))
     return {**read_json(st.path(f"{name}.json")), **read_json(real.path("real.json"))}
 
 

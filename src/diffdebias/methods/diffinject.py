@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 from ..config import key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, gather_parts, launched, map_batches, my_part
+from ..keys import Source, reads
 from ..runs import Stage, chunked, load_resumable_shared, load_tensors, save_tensors
-from .common import Context, Trained, evaluate_stage, train_stage
+from .common import Context, Scores, Trained, evaluate_stage, train_stage
 from .content_pools import POOLS, RANKINGS, misclassified, purity
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .final_samplers import SAMPLERS, Draw, sampler_name, with_synthetic
 from .generation import UNET, diffusion_stage
-from .synthetic_filters import keep_words, kept_section, kept_synthetic, postprocessed, selection_key, selection_words
+from .synthetic_filters import keep_words, kept_section, kept_synthetic, postprocessed, selection_words
 
 INJECTED = "injected.safetensors"
 
@@ -38,11 +39,11 @@ INJECTED = "injected.safetensors"
 # ---------------------------------------------------------------------------------------------- general dataset
 
 
-def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
-    """The diffusion model's training data and its cache key: the biased training set, or grey MNIST (3 channels)."""
+def general_dataset(ctx: Context) -> tuple[ImageSet, Source]:
+    """The diffusion model's training data and what it is: the biased training set, or grey MNIST (3 channels)."""
     d = ctx.data
     if ctx.cfg.diffinject.general_data == "train":
-        return d.train, ctx.train_key
+        return d.train, ctx.train_split
     from ..data.mnist import load_mnist
 
     mnist = load_mnist(ctx.cfg.data.mnist_path)
@@ -51,7 +52,7 @@ def general_dataset(ctx: Context) -> tuple[ImageSet, str]:
         raise ValueError(f"diffinject.general_data=mnist gives {images.shape[-1]} px images, but the dataset has "
                          f"{d.image_size} px: use general_data=train")
     key = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
-    return ImageSet(images, mnist.train_labels), f"mnist-grey{d.channels}-{key}"
+    return ImageSet(images, mnist.train_labels), Source("mnist", f"mnist-grey{d.channels}-{key}")
 
 
 # ---------------------------------------------------------------------------------------------------- injection
@@ -78,8 +79,7 @@ def draw_pairs(ctx: Context, stage: Stage, pool: torch.Tensor) -> dict[str, torc
     return {"style": style, "content": content, "seeds": draw_seeds(g, n)}
 
 
-def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: tuple[str, ...],
-                    chunk: int = 1024) -> Stage:
+def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, ranking: Scores, chunk: int = 1024) -> Stage:
     """Invert the content pool once (its h cached in ``content_h.safetensors``), then for each chunk of pairs invert
     the style images and generate with the content injected; chunks are saved as they finish. A U-Net trained
     smaller (``diffusion.image_size``) inverts the images resized to its size; its results are resized back.
@@ -179,12 +179,12 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, inputs: 
     di = ctx.cfg.diffinject  # only what shapes the pairs; the pool and the diffusion model are inputs of their own
     # the precision the images are computed in, not the setting: fp32 (every cache made before the setting existed)
     # stays out of the key, bf16 enters it, so ``auto`` reuses what this hardware would compute
-    injection_key = {k: v for k, v in key_dict(icfg).items() if k != "precision"}
+    computed = {k: v for k, v in key_dict(icfg).items() if k != "precision"}
     if precision != "fp32":
-        injection_key["precision"] = precision
-    key = {"injection": injection_key, "pool": pool.tolist(),
-           "pairs": {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}}
-    return ctx.run.cached("injection", key, compute, (diffusion.key, *inputs), distributed=True)
+        computed["precision"] = precision
+    pairs = {k: getattr(di, k) for k in ("synthetic_ratio", "style_pool")}
+    return ctx.run.cached("injection", compute, reads(diffusion, ranking, injection=computed, pool=pool, pairs=pairs),
+                          distributed=True)
 
 
 def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch.Tensor]]:
@@ -194,20 +194,18 @@ def load_injected(ctx: Context, stage: Stage) -> tuple[ImageSet, dict[str, torch
     di = ctx.cfg.diffinject
     if di.label_source not in ("style", "content"):
         raise ValueError(f"diffinject.label_source must be 'style' or 'content', got '{di.label_source}'")
-    return ImageSet(t["images"], ctx.data.train.labels[t[di.label_source]]), t
+    return ImageSet(t["images"], ctx.data.train.labels[t[di.label_source]],
+                    reads=reads(stage, label_source=di.label_source)), t
 
 
 # ---------------------------------------------------------------------------------------------------------- run
 
 
-def final_classifier(ctx: Context, train: ImageSet, draw: Draw, inputs: tuple[str, ...]) -> Trained:
-    """The classifier on every real image plus the synthetic ones (:func:`with_synthetic`'s ``train``), drawn as
-    ``draw`` says (the released code: uniformly); ``inputs`` are the keys of what made and chose the synthetic
-    images."""
-    cfg = ctx.cfg
-    extra = {"label_source": cfg.diffinject.label_source, **selection_key(cfg.diffinject), **draw.key}
-    return train_stage(ctx, "classifier", cfg.classifier, draw.weighting, train=train, inputs=(*inputs, *draw.inputs),
-                       extra_config=extra, valid=draw.valid)
+def final_classifier(ctx: Context, train: ImageSet, draw: Draw) -> Trained:
+    """The classifier on every real image plus the synthetic ones (:func:`with_synthetic`'s ``train``, which carries
+    what made and chose them), drawn as ``draw`` says (the released code: uniformly)."""
+    return train_stage(ctx, "classifier", ctx.cfg.classifier, draw.weighting, train=train, what=draw.reads,
+                       valid=draw.valid)
 
 
 def run_diffinject(ctx: Context) -> Trained:
@@ -215,20 +213,21 @@ def run_diffinject(ctx: Context) -> Trained:
     di = cfg.diffinject
     scores = RANKINGS[di.content_source](ctx)
     pool = POOLS[di.content_pool].choose(ctx, scores)
-    general, general_key = general_dataset(ctx)
-    diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, (general_key,))
-    inj = injection_stage(ctx, diff, pool, (scores.key,))
+    general, general_source = general_dataset(ctx)
+    diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, general_source)
+    inj = injection_stage(ctx, diff, pool, scores)
     generated, pairs = load_injected(ctx, inj)
     generated = postprocessed(ctx, generated)
     errors = misclassified(scores.pred, d.train.labels)
-    keep, kept_from = kept_synthetic(ctx, generated, pairs["style"], errors, (inj.key, scores.key))
-    synthetic = ImageSet(generated.images[keep], generated.labels[keep])
+    keep, chosen_by = kept_synthetic(ctx, generated, pairs["style"], errors, scores)
+    synthetic = generated.subset(keep.nonzero().flatten())
+    synthetic.reads = synthetic.reads | chosen_by  # the filters and what they read chose these images
     if not len(synthetic):
         ctx.run.log(f"warning: diffinject.keep={di.keep}: no synthetic image passes ({keep_words(di)}); the "
                     f"classifier sees the real images only")
     train = with_synthetic(d.train, synthetic)
     draw = SAMPLERS[sampler_name(di)](ctx, train, errors)
-    final = final_classifier(ctx, train, draw, (inj.key, *kept_from))  # kept_from: what chose the synthetic images
+    final = final_classifier(ctx, train, draw)
 
     metrics = ctx.metrics  # with what the stages recorded
     metrics.update(content_pool=purity(d.train, pool), synthetic_images=len(generated), synthetic_kept=len(synthetic),
@@ -241,10 +240,8 @@ def run_diffinject(ctx: Context) -> Trained:
     if di.compare_erm:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
     if cfg.data.name == "cmnist" and len(synthetic):
-        # the numbers read the labels and the images: another source or level, another stage
-        shaped = {**({} if di.label_source == "style" else {"label_source": di.label_source}), **selection_key(di)}
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
-                                                               (inj.key,), shaped or None)
+                                                               synthetic.reads)
     if ctx.run.main:  # of several processes, the main one writes the run's figures
         ctx.report = diffinject_report(ctx, pool, inj, generated, pairs, metrics, keep, draw)
     return final

@@ -13,16 +13,19 @@ import torch
 
 from ..classifiers.debias_weighting import Upsample
 from ..classifiers.weighting import SyntheticShare, Weighting
-from ..config import DiffInjectConfig, key_dict
+from ..config import DiffInjectConfig
 from ..data.base import ImageSet
+from ..keys import NOTHING, Reads, reads
 from .common import Context
 from .content_pools import purity
 from .parts import jtt_copies, lff_selection, lff_weighting, require_ce
 
 
 def with_synthetic(real: ImageSet, synthetic: ImageSet) -> ImageSet:
-    """The final classifier's training set: every real image, then the synthetic ones (no bias labels for those)."""
-    return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]))
+    """The final classifier's training set: every real image, then the synthetic ones (no bias labels for those),
+    carrying what both were made from."""
+    return ImageSet(torch.cat([real.images, synthetic.images]), torch.cat([real.labels, synthetic.labels]),
+                    reads=real.reads | synthetic.reads)
 
 
 @dataclass
@@ -30,8 +33,7 @@ class Draw:
     """How a classifier on :func:`with_synthetic`'s set draws its images, and what that adds to its stage and report."""
 
     weighting: Weighting | None = None
-    key: dict[str, Any] = field(default_factory=dict)  # added to the classifier stage's config key
-    inputs: tuple[str, ...] = ()  # keys of the stages the weighting or the model selection read
+    reads: Reads = NOTHING  # what the weighting reads (the classifier stage's key)
     valid: ImageSet | str = "real"  # the split that selects the model (train_stage's ``valid``)
     words: str = ""  # the report's words for it (", ..."; empty for the released draw)
     metrics: dict[str, Any] = field(default_factory=dict)  # run-level entries of metrics.json
@@ -52,7 +54,7 @@ def synthetic_share(ctx: Context, train: ImageSet, errors: torch.Tensor) -> Draw
     """A fixed expected share ``diffinject.synthetic_share`` of each epoch from the synthetic images."""
     share = ctx.cfg.diffinject.synthetic_share
     is_synthetic = torch.arange(len(train)) >= len(ctx.data.train)
-    return Draw(SyntheticShare(is_synthetic, share), {"synthetic_share": share},
+    return Draw(SyntheticShare(is_synthetic, share), reads(synthetic_share=share),
                 words=f", {share} of each epoch of the final classifier")
 
 
@@ -61,8 +63,7 @@ def lff(ctx: Context, train: ImageSet, errors: torch.Tensor) -> Draw:
     real or synthetic; selected as LfF selects when ``classifier.select=valid``."""
     cfg = ctx.cfg
     require_ce(cfg.classifier, "diffinject.final_method=lff")
-    valid, inputs = lff_selection(ctx)
-    return Draw(lff_weighting(ctx, train), {"final_method": "lff", "lff": key_dict(cfg.lff)}, inputs, valid,
+    return Draw(lff_weighting(ctx, train), reads(final_method="lff", lff=cfg.lff), lff_selection(ctx),
                 words=", final classifier weighted by LfF")
 
 
@@ -77,10 +78,12 @@ def error_weighting(ctx: Context, errors: torch.Tensor) -> Upsample | None:
     return Upsample(errors, error_copies(ctx, errors)) if ctx.cfg.diffinject.upsample_errors else None
 
 
-def upsample_key(ctx: Context, errors: torch.Tensor) -> dict[str, Any]:
+def upsample_reads(ctx: Context, errors: torch.Tensor) -> Reads:
     """What ``diffinject.upsample_errors`` adds to a classifier stage's key (nothing when off)."""
     di = ctx.cfg.diffinject
-    return {"upsample_errors": di.upsample_errors, "copies": error_copies(ctx, errors)} if di.upsample_errors else {}
+    if not di.upsample_errors:
+        return NOTHING
+    return reads(upsample_errors=di.upsample_errors, copies=error_copies(ctx, errors))
 
 
 def upsample_errors(ctx: Context, train: ImageSet, errors: torch.Tensor) -> Draw:
@@ -91,7 +94,7 @@ def upsample_errors(ctx: Context, train: ImageSet, errors: torch.Tensor) -> Draw
     notes = ([f"Upsampled real errors: **{u['truly_conflicting']} of {u['pool']}** truly bias-conflicting "
               f"({100 * u['purity']:.1f} %), each seen {1 + copies} times per epoch.", ""]
              if "truly_conflicting" in u else [])
-    return Draw(error_weighting(ctx, errors), upsample_key(ctx, errors),
+    return Draw(error_weighting(ctx, errors), upsample_reads(ctx, errors),
                 words=f", the ranking model's {u['pool']} real training errors seen {1 + copies} times per epoch",
                 metrics={"upsampled_errors": u}, notes=notes)
 

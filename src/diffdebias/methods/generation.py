@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator
 from ..diffusion import DiffusionConfig, SamplingConfig
+from ..keys import Source, reads
 from ..runs import Stage, chunked, load_tensors, save_tensors
 from .common import Context
 
@@ -16,7 +16,7 @@ SYNTHETIC = "synthetic.safetensors"
 
 
 def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSet, num_classes: int | None,
-                    inputs: tuple[str, ...]) -> Stage:
+                    source: Source) -> Stage:
     """Train a U-Net on ``data`` (class-conditional when ``num_classes`` is given); resumes from its checkpoint. Of
     several processes, each trains on its share of every batch (accelerate's data parallelism)."""
     cfg.validate()
@@ -35,8 +35,8 @@ def diffusion_stage(ctx: Context, name: str, cfg: DiffusionConfig, data: ImageSe
             model = build_unet(cfg.preset, s, images.shape[1], num_classes)
         train_diffusion(stage, model, images, data.labels, cfg, accelerator=acc)
 
-    key = {**key_dict(cfg), "prediction_type": "epsilon"}  # a retired setting's one value: cached models keep keys
-    return ctx.run.cached(name, key, compute, inputs, distributed=True)
+    # ``source``: what ``data`` is; prediction_type: a retired setting's one value, so cached models keep their keys
+    return ctx.run.cached(name, compute, reads(cfg, source, prediction_type="epsilon"), distributed=True)
 
 
 def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConfig, dcfg: DiffusionConfig,
@@ -68,9 +68,9 @@ def synthetic_stage(ctx: Context, name: str, diffusion: Stage, cfg: SamplingConf
             save_tensors(stage.path(SYNTHETIC), {"images": images, "labels": labels, "seeds": seeds})
             write_synthetic_dataset(stage.path("images"), images, labels, seeds)
 
-    return ctx.run.cached(name, key_dict(cfg), compute, (diffusion.key,), distributed=True)
+    return ctx.run.cached(name, compute, reads(cfg, diffusion), distributed=True)
 
 
 def load_synthetic(stage: Stage) -> ImageSet:
     t, _ = load_tensors(stage.path(SYNTHETIC))
-    return ImageSet(t["images"], t["labels"])
+    return ImageSet(t["images"], t["labels"], reads=reads(stage))

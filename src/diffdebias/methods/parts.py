@@ -12,6 +12,7 @@ from ..classifiers.debias_weighting import LfFJoint
 from ..classifiers.train import predict_logits
 from ..config import TrainConfig
 from ..data.base import ImageSet
+from ..keys import reads
 from .common import Context, Trained, train_stage
 from .detection import GROUP_METRICS, with_pseudo_groups
 
@@ -31,7 +32,7 @@ def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | No
                     q=c.lff.q, ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned_mask)
 
 
-def lff_selection(ctx: Context) -> tuple[ImageSet | str, tuple[str, ...]]:
+def lff_selection(ctx: Context) -> ImageSet | str:
     """LfF's valid split for model selection: groups from the errors of an ERM model after ``lff.error_epochs``."""
     c = ctx.cfg
     return selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
@@ -47,19 +48,18 @@ def jtt_copies(lambda_up: int, n: int, errors: int) -> int:
     return max(int((n - errors) / errors) - 1, 0) if errors else 0
 
 
-def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]
-                    ) -> tuple[ImageSet | str, tuple[str, ...]]:
-    """The valid split that selects a model when ``classifier.select=valid`` uses a group metric, and the keys it
-    depends on. ``errors``: groups are label x misclassified by an ``early`` ERM model (JTT's stage 1: the rule that
-    builds its error set), so no bias label is read; ``true``: the valid split's bias labels (recorded as supervised).
-    """
+def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]) -> ImageSet | str:
+    """The valid split that selects a model when ``classifier.select=valid`` uses a group metric (carrying what it
+    was made from). ``errors``: groups are label x misclassified by an ``early`` ERM model (JTT's stage 1: the rule
+    that builds its error set), so no bias label is read; ``true``: the valid split's bias labels (recorded as
+    supervised)."""
     c = ctx.cfg.classifier
     if groups not in VALID_GROUPS:
         raise ValueError(f"{field} must be one of {', '.join(VALID_GROUPS)}, got '{groups}'")
     if c.select != "valid" or c.select_metric not in GROUP_METRICS:
-        return "real", ()
+        return "real"
     if groups == "true":
-        return "real", ()  # the true groups: train_stage marks the run supervised
+        return "real"  # the true groups: train_stage marks the run supervised
     model, v = early(), ctx.data.valid
     wrong = predict_logits(model.model, v.images, precision=c.precision).argmax(1) != v.labels
-    return with_pseudo_groups(v, wrong, ctx.data.num_classes), (model.key,)
+    return with_pseudo_groups(v, wrong, ctx.data.num_classes, reads(model))

@@ -20,9 +20,10 @@ import torch
 from ..classifiers.train import predict_logits
 from ..config import DiffInjectConfig
 from ..data.base import ImageSet
-from .common import Context, train_stage
+from ..keys import NOTHING, Reads, reads
+from .common import Context, Scores, train_stage
 from .content_pools import biased_classifier
-from .final_samplers import error_weighting, upsample_key, with_synthetic
+from .final_samplers import error_weighting, upsample_reads, with_synthetic
 
 # ------------------------------------------------------------------------------------------------- black level
 
@@ -46,18 +47,14 @@ def match_black_level(images: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return ((images.float() - b) * (255 / (255 - b))).round().clamp(0, 255).to(torch.uint8)
 
 
-def black_key(di: DiffInjectConfig) -> dict[str, Any]:
-    """What ``diffinject.match_black`` adds to the keys of the stages that read the synthetic images (nothing when off,
-    so the stages cached before the setting keep their keys)."""
-    return {"match_black": True} if di.match_black else {}
-
-
 def postprocessed(ctx: Context, synthetic: ImageSet) -> ImageSet:
     """The synthetic images as the later stages read them: their black level matched to the real images' when
-    ``diffinject.match_black`` is set, else as generated."""
+    ``diffinject.match_black`` is set (which joins what they were made from), else as generated (nothing added, so
+    the stages cached before the setting keep their keys)."""
     if not ctx.cfg.diffinject.match_black:
         return synthetic
-    return ImageSet(match_black_level(synthetic.images, ctx.data.train.images), synthetic.labels)
+    return ImageSet(match_black_level(synthetic.images, ctx.data.train.images), synthetic.labels,
+                    reads=synthetic.reads | reads(match_black=True))
 
 
 # ----------------------------------------------------------------------------------------------------- filters
@@ -95,22 +92,21 @@ def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet,
 
 
 def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors: torch.Tensor,
-                   inputs: tuple[str, ...]) -> torch.Tensor:
+                   ranking: Scores) -> torch.Tensor:
     """Whether a classifier that never saw a kept synthetic image assigns it its label: the kept images split in two
     halves (by position), and a classifier on the real images plus one half (the real ``errors`` repeated as in the
     final classifier) reads the other. An image whose content replaced its style's digit carries a label its picture
     does not show; the real images teach enough of the digit to expose it, and no bias label or image prior is read.
-    Images outside ``keep`` stay False."""
+    Images outside ``keep`` stay False; ``ranking``: the scores the errors come from."""
     cfg, d, di = ctx.cfg, ctx.data, ctx.cfg.diffinject
     index = keep.nonzero().flatten()
     halves = (index[0::2], index[1::2])
     agree = torch.zeros(len(synthetic), dtype=torch.bool)
     scorer = replace(cfg.classifier, epochs=di.crossfit_epochs, ensemble=1)  # a filter: one model each
-    extra = {"label_source": di.label_source, **selection_key(di), **upsample_key(ctx, errors)}
     for k, (seen, held) in enumerate((halves, halves[::-1])):
-        train = with_synthetic(d.train, ImageSet(synthetic.images[seen], synthetic.labels[seen]))
-        model = train_stage(ctx, f"crossfit_{k}", scorer, error_weighting(ctx, errors), train=train, inputs=inputs,
-                            extra_config={**extra, "half": k}).model
+        train = with_synthetic(d.train, synthetic.subset(seen))
+        what = reads(ranking, upsample_reads(ctx, errors), **keep_key(di), half=k)
+        model = train_stage(ctx, f"crossfit_{k}", scorer, error_weighting(ctx, errors), train=train, what=what).model
         if len(held):
             agree[held] = predict_logits(model, synthetic.images[held]).argmax(1) == synthetic.labels[held]
     return agree
@@ -120,40 +116,40 @@ def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors
 class Candidates:
     """The synthetic images a filter judges, with what the filters read beside them."""
 
-    images: ImageSet  # labelled and post-processed
+    images: ImageSet  # labelled and post-processed, carrying what made them
     style: torch.Tensor  # each image's style image (a training index)
     errors: torch.Tensor  # the real training samples the ranking model misclassifies (crossfit repeats them)
-    inputs: tuple[str, ...]  # keys of the stages the images and the errors come from
+    ranking: Scores  # the scores the errors come from
 
 
 @dataclass(frozen=True)
 class Filter:
     """One ``diffinject.keep`` filter: ``keep(ctx, candidates, kept so far)`` gives the mask of the images it keeps
-    and the keys of the stages it read beyond ``candidates.inputs``; ``settings`` are the ``diffinject`` fields it
-    reads (its part of the stage keys), ``words`` the report's description."""
+    and the stages it read beyond the candidates; ``settings`` are the ``diffinject`` fields it reads (its part of
+    the stage keys), ``words`` the report's description."""
 
-    keep: Callable[[Context, Candidates, torch.Tensor], tuple[torch.Tensor, tuple[str, ...]]]
+    keep: Callable[[Context, Candidates, torch.Tensor], tuple[torch.Tensor, Reads]]
     settings: tuple[str, ...]
     words: Callable[[DiffInjectConfig], str]
 
 
-def keep_similar(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+def keep_similar(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
     style_images = ctx.data.train.images[c.style]
     r = pearson(c.images.images.float().mean(1), style_images.float().mean(1))
-    return r >= ctx.cfg.diffinject.min_similarity, ()
+    return r >= ctx.cfg.diffinject.min_similarity, NOTHING
 
 
-def keep_neighbours(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
-    return neighbours_agree(c.images.images, c.images.labels, ctx.data.train, ctx.cfg.diffinject.neighbours), ()
+def keep_neighbours(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
+    return neighbours_agree(c.images.images, c.images.labels, ctx.data.train, ctx.cfg.diffinject.neighbours), NOTHING
 
 
-def keep_conflicting(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
+def keep_conflicting(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
     biased = biased_classifier(ctx)
-    return predict_logits(biased.model, c.images.images).argmax(1) != c.images.labels, (biased.key,)
+    return predict_logits(biased.model, c.images.images).argmax(1) != c.images.labels, reads(biased)
 
 
-def keep_crossfit(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, tuple[str, ...]]:
-    return crossfit_agree(ctx, c.images, kept, c.errors, c.inputs), ()
+def keep_crossfit(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
+    return crossfit_agree(ctx, c.images, kept, c.errors, c.ranking), NOTHING
 
 
 FILTERS: dict[str, Filter] = {  # in the order config.KEEP_FILTERS chains them
@@ -168,19 +164,19 @@ FILTERS: dict[str, Filter] = {  # in the order config.KEEP_FILTERS chains them
 
 
 def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, errors: torch.Tensor,
-                   inputs: tuple[str, ...]) -> tuple[torch.Tensor, tuple[str, ...]]:
+                   ranking: Scores) -> tuple[torch.Tensor, Reads]:
     """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``: every filter in
-    turn), and the keys of the stages the filters read beyond ``inputs`` (the GCE classifier of ``conflicting``),
-    which the final classifier's key must cover. ``errors`` and ``inputs`` (the stage keys the images and errors come
-    from) serve ``crossfit``."""
-    candidates = Candidates(synthetic, style, errors, inputs)
+    turn), and what chose them: the filters' settings and the stages they read beyond the images (the GCE classifier
+    of ``conflicting``), which the final classifier's key must cover. ``errors`` and ``ranking`` (the scores they
+    come from) serve ``crossfit``."""
+    candidates = Candidates(synthetic, style, errors, ranking)
     keep = torch.ones(len(synthetic), dtype=torch.bool)
-    read: tuple[str, ...] = ()
+    chosen_by = reads(**keep_key(ctx.cfg.diffinject))
     for name in ctx.cfg.diffinject.keep_filters():
         mask, more = FILTERS[name].keep(ctx, candidates, keep)
         keep &= mask
-        read += more
-    return keep, read
+        chosen_by = chosen_by | more
+    return keep, chosen_by
 
 
 def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
@@ -189,11 +185,6 @@ def keep_key(di: DiffInjectConfig) -> dict[str, Any]:
     if di.keep == "all":
         return {}
     return {"keep": di.keep, **{s: getattr(di, s) for f in di.keep_filters() for s in FILTERS[f].settings}}
-
-
-def selection_key(di: DiffInjectConfig) -> dict[str, Any]:
-    """What the post-processing and the filters add to the keys of the stages that read the kept images."""
-    return {**black_key(di), **keep_key(di)}
 
 
 def keep_words(di: DiffInjectConfig) -> str:
