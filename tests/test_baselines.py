@@ -114,7 +114,7 @@ def test_selection_on_valid_groups_from_an_early_erm_models_errors(tmp_path, fak
     cfg = tiny(fake_mnist, method)
     cfg.classifier.epochs, cfg.classifier.lr = 3, 3e-5  # far from converged, so the group metrics differ
     cfg.classifier.select, cfg.classifier.select_metric = "valid", "unbiased_accuracy"
-    groups = getattr(cfg, method)  # jtt.valid_groups / lff.valid_groups
+    groups = cfg.selection  # selection.valid_groups: JTT's and LfF's alike
     out = execute(cfg, tmp_path / method, quiet=True)
     valid = load_dataset(cfg.data, log=lambda m: None).valid
     first = load_classifier(Stage(early, out / early, "", cfg.seed), cfg.classifier)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffdebias.classifiers.losses import cross_entropy, gce, per_sample_loss
+from diffdebias.classifiers.losses import cross_entropy, gce
 from diffdebias.classifiers.models import build_classifier
 from diffdebias.classifiers.train import augment, train_classifier
 from diffdebias.config import TrainConfig
@@ -32,25 +32,6 @@ def test_gce_matches_formula_and_gradient():
     logits.grad = None
     ((1 - torch.softmax(logits, 1)[torch.arange(2), y] ** q) / q * q).sum().backward()
     assert torch.allclose(g1, logits.grad, atol=1e-6)
-
-
-def test_label_smoothing_mixes_the_target_with_the_uniform():
-    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
-    y = torch.tensor([0, 2])
-    log_p = torch.log_softmax(logits, 1)
-    expected = -(0.8 * log_p[torch.arange(2), y] + 0.2 * log_p.mean(1))
-    assert torch.allclose(per_sample_loss("ce", smoothing=0.2)(logits, y), expected)
-    assert per_sample_loss("ce") is cross_entropy
-    # a confident wrong label costs less with smoothing, a confident right one more: the pull on a mislabelled
-    # sample is bounded
-    confident, smoothed = torch.tensor([[8.0, 0.0, 0.0]]), per_sample_loss("ce", smoothing=0.2)
-    wrong, right = torch.tensor([1]), torch.tensor([0])
-    assert smoothed(confident, wrong) < cross_entropy(confident, wrong)
-    assert smoothed(confident, right) > cross_entropy(confident, right)
-    with pytest.raises(ValueError, match="ce"):
-        per_sample_loss("gce", smoothing=0.1)
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        per_sample_loss("ce", smoothing=1.0)
 
 
 def test_augment_is_a_shifted_crop_or_flip():

@@ -108,3 +108,9 @@ def test_the_diffusion_settings_import_without_the_config_schema():
             "print(sorted(m for m in ('diffdebias.config', 'torch', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_string_setting_reads_an_unquoted_yaml_boolean_as_its_word():
+    assert load_config(None, ["selection.valid_groups=true"]).selection.valid_groups == "true"
+    with pytest.raises(ConfigError, match="selection.valid_groups"):
+        load_config(None, ["selection.valid_groups=false"])  # the word, then checked against the choices

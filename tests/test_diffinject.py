@@ -90,12 +90,6 @@ def test_keep_filters_join_in_order():
             load_config("configs/cmnist/diffinject.yaml", [f"diffinject.keep={bad}"])
     with pytest.raises(ConfigError, match="diffinject.neighbours"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.neighbours=0"])
-    assert load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=conflicting_crossfit"]).diffinject \
-        .keep_filters() == ["conflicting", "crossfit"]
-    with pytest.raises(ConfigError, match="diffinject.keep"):
-        load_config("configs/cmnist/diffinject.yaml", ["diffinject.keep=crossfit_similar"])
-    with pytest.raises(ConfigError, match="diffinject.crossfit_epochs"):
-        load_config("configs/cmnist/diffinject.yaml", ["diffinject.crossfit_epochs=0"])
 
 
 def test_bad_content_pool_is_a_config_error():
@@ -155,33 +149,33 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert m["synthetic_colour_shape"]["synthetic_aligned_fraction"] == aligned_fraction(
         images, torch.tensor([int(r["label"]) for r in rows]))
 
-    run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+    run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
         quiet=False)
     log = capsys.readouterr().out  # the report's ERM shapes neither the images nor the classifier
     assert "stage injection: done, skipped" in log and "stage classifier: done, skipped" in log
 
-    m3 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+    m3 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
              "--set", "diffinject.synthetic_share=0.5", quiet=False)
     log = capsys.readouterr().out  # another sampling of the same images: only the classifier trains again
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
     assert m3["test"] != m2["test"] and "synthetic_share: 0.5" in (out / "config.yaml").read_text()
     assert "0.5 of each epoch of the final classifier" in (out / "report.md").read_text()
 
-    m4 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+    m4 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
              "--set", "diffinject.final_method=lff", quiet=False)
     log = capsys.readouterr().out  # LfF's weights over the same images: only the classifier trains again
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
     assert m4["test"] not in (m2["test"], m3["test"]) and "final_method: lff" in (out / "config.yaml").read_text()
     assert "final classifier weighted by LfF" in (out / "report.md").read_text()
 
-    m5 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+    m5 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
              "--set", "diffinject.final_method=lff", "--set", "classifier.select=valid",
              "--set", "classifier.select_metric=unbiased_accuracy", quiet=False)
     log = capsys.readouterr().out  # selected as LfF selects: on groups from an early ERM's errors, no bias label
     assert "stage early_erm: running" in log and "stage classifier: running" in log
     assert "supervised" not in m5  # with valid="real" the true groups would select, and mark the run
 
-    m6 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+    m6 = run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
              "--set", "diffinject.match_black=true", quiet=False)
     log = capsys.readouterr().out  # the same images, their black level matched: the classifier and numbers again
     assert "stage injection: done, skipped" in log and "stage classifier: running" in log
@@ -189,7 +183,7 @@ def test_diffinject_end_to_end_then_label_switch_reuses_the_diffusion_model(tmp_
     assert "black level matched" in (out / "report.md").read_text()
 
     def kept(keep, threshold):
-        return run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "diffinject.compare_erm=false",
+        return run(fake_mnist, out, "--set", "diffinject.label_source=content", "--set", "compare.erm=false",
                    "--set", f"diffinject.keep={keep}", "--set", f"diffinject.min_similarity={threshold}")
     m7 = kept("similar", -1.0)  # every correlation passes: every image kept, but a stage of its own
     assert m7["synthetic_kept"] == m7["synthetic_images"] == m["synthetic_images"]
@@ -214,7 +208,7 @@ def test_synthetic_labels_follow_the_label_source(tmp_path, fake_mnist):
     from diffdebias.data import load_dataset
 
     out = tmp_path / "di"
-    run(fake_mnist, out, "--set", "diffinject.compare_erm=false")
+    run(fake_mnist, out, "--set", "compare.erm=false")
     cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05"])
     train = load_dataset(cfg.data).train
     rows = list(csv.DictReader((out / "injection" / "images" / "synthetic.csv").open()))
@@ -243,7 +237,7 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
     from diffdebias.runs import load_tensors
 
     out = tmp_path / "di"
-    m = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false")
+    m = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "compare.erm=false")
     scores = load_tensors(out / "biased_scores" / "scores.safetensors")[0]
     cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05"])
     labels = load_dataset(cfg.data).train.labels
@@ -252,10 +246,10 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
     contents = torch.tensor([int(r["content"]) for r in csv.DictReader(
         (out / "injection" / "images" / "synthetic.csv").open())])
     assert wrong[contents].all() and m["synthetic_images"] == round(0.1 * (1350 - int(wrong.sum())))
-    assert "misclassified by the `gce` ranking" in (out / "report.md").read_text()
+    assert "misclassified by the GCE classifier (`detection.source=own`)" in (out / "report.md").read_text()
 
     train = load_dataset(cfg.data).train  # the same errors, now also repeated in the final classifier's epochs
-    m2 = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false",
+    m2 = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "compare.erm=false",
              "--set", "diffinject.upsample_errors=-1")
     n_wrong, truly = int(wrong.sum()), int((wrong & (train.labels != train.bias)).sum())
     auto = int((1350 - n_wrong) / n_wrong) - 1  # JTT's rule over the real training set
@@ -264,66 +258,23 @@ def test_error_set_content_pool_end_to_end(tmp_path, fake_mnist):
     assert m2["test"] != m["test"] and m2["synthetic_images"] == m["synthetic_images"]
     assert f"seen {1 + auto} times per epoch" in (out / "report.md").read_text()
 
-    m3 = run(fake_mnist, out, "--set", "diffinject.content_pool=errors", "--set", "diffinject.compare_erm=false",
-             "--set", "diffinject.upsample_errors=-1", "--set", "diffinject.keep=crossfit",
-             "--set", "diffinject.crossfit_epochs=1")
-    from diffdebias.classifiers.train import load_classifier, predict_logits
-    from diffdebias.runs import Stage
-
-    injected = load_tensors(out / "injection" / "injected.safetensors")[0]
-    images, labels = injected["images"], train.labels[injected["style"]]
-    n = len(images)
-    agree = torch.zeros(n, dtype=torch.bool)
-    classifier = load_config("configs/cmnist/diffinject.yaml", TINY[1::2]).classifier  # the final classifier's
-    for k, held in ((0, torch.arange(1, n, 2)), (1, torch.arange(0, n, 2))):  # each half read by the other's model
-        model = load_classifier(Stage(f"crossfit_{k}", out / f"crossfit_{k}", key="", seed=0), classifier)
-        agree[held] = predict_logits(model, images[held]).argmax(1) == labels[held]
-    assert m3["synthetic_kept"] == int(agree.sum()) and m3["synthetic_images"] == n
-    assert "a 1-epoch classifier trained without it" in (out / "report.md").read_text()
-
-
-def test_crossfit_drops_the_synthetic_images_whose_label_their_picture_does_not_show(tmp_path, fake_mnist):
-    from diffdebias.config import load_config
-    from diffdebias.data.base import ImageSet
-    from diffdebias.keys import Source
-    from diffdebias.methods.common import Context
-    from diffdebias.methods.synthetic_filters import crossfit_agree
-    from diffdebias.runs import Run
-
-    cfg = load_config("configs/cmnist/diffinject.yaml", [f"data.mnist_path={fake_mnist}", "data.conflict_ratio=0.05",
-                                                        "diffinject.keep=crossfit", "diffinject.crossfit_epochs=3"])
-    ctx = Context(cfg, Run(tmp_path / "run", seed=0, quiet=True))
-    train = ctx.data.train
-    # stand-ins for synthetic images: copies of training images, every other one under another class's label
-    images = train.images[:400]
-    wrong = torch.arange(400) % 2 == 1
-    labels = torch.where(wrong, (train.labels[:400] + 1) % 10, train.labels[:400])
-    keep = torch.ones(400, dtype=torch.bool)
-    keep[:40] = False  # dropped by an earlier filter: stays dropped, and no half classifier trains on it
-    errors_from = Source("probe", "probe")  # stands in for the ranking's scores: only their key is read
-    agree = crossfit_agree(ctx, ImageSet(images, labels), keep, torch.zeros(0, dtype=torch.long), errors_from)
-    assert not agree[:40].any()
-    assert float(agree[40:][~wrong[40:]].double().mean()) > 0.8  # their picture shows their label
-    assert float(agree[40:][wrong[40:]].double().mean()) < 0.2  # it shows another class
-    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["crossfit_0", "crossfit_1"]
-
 
 def test_content_pool_ranked_by_a_ddb_amplifier(tmp_path, fake_mnist):
     ddb_cfg = write_config(tmp_path / "ddb_tiny.yaml", "configs/cmnist/ddb.yaml",
                            overrides({**CHANGES, "sampling.per_class": 6, "sampling.steps": 3}))
     out = tmp_path / "di"
-    m = run(fake_mnist, out, "--set", "diffinject.content_source=ddb", "--set", f"diffinject.ddb_config={ddb_cfg}",
-            "--set", "diffinject.compare_erm=false")
+    m = run(fake_mnist, out, "--set", "detection.source=ddb", "--set", f"detection.ddb_config={ddb_cfg}",
+            "--set", "compare.erm=false")
     assert m["content_pool"]["pool"] == 100
     assert (out / "amplifier" / "DONE").exists() and not (out / "biased_classifier").exists()
-    assert "by the `ddb` ranking" in (out / "report.md").read_text()
+    assert "by the DDB amplifier (`detection.source=ddb`)" in (out / "report.md").read_text()
 
 
 def test_injection_with_a_smaller_unet_gives_images_at_the_data_size(tmp_path, fake_mnist):
     from diffdebias.runs import load_tensors
 
     out = tmp_path / "di"
-    m = run(fake_mnist, out, "--set", "diffusion.image_size=16", "--set", "diffinject.compare_erm=false")
+    m = run(fake_mnist, out, "--set", "diffusion.image_size=16", "--set", "compare.erm=false")
     images = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
     assert images.shape[1:] == (3, 28, 28) and len(images) == m["synthetic_images"]
     assert images.float().std() > 10  # generated content, not a blank upsampled canvas
@@ -337,7 +288,7 @@ def test_injection_gives_the_same_images_with_batches_in_parallel(tmp_path, fake
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         run(fake_mnist, out, "--set", f"injection.workers={workers}", "--set", "injection.batch_size=16",
-            "--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1")
+            "--set", "compare.erm=false", "--set", "classifier.epochs=1")
         images.append(load_tensors(out / "injection" / "injected.safetensors")[0]["images"])
     assert len(images[0]) > 16 * 3 and torch.equal(images[0], images[1])
 
@@ -348,7 +299,7 @@ def test_compiled_injection_gives_the_eager_images_in_a_stage_of_its_own(tmp_pat
     out = tmp_path / "di"
     # fp32 on every CPU: in bf16 (auto, on a CPU with bf16 units) the compiled and eager kernels round differently
     # and the tiny U-Net's 4 steps amplify that past any pixel tolerance
-    fixed = ["--set", "injection.batch_size=16", "--set", "diffinject.compare_erm=false",
+    fixed = ["--set", "injection.batch_size=16", "--set", "compare.erm=false",
              "--set", "classifier.epochs=1", "--set", "injection.precision=fp32"]
     run(fake_mnist, out, *fixed)
     eager = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
@@ -364,7 +315,7 @@ def test_the_injection_stage_is_keyed_by_the_precision_it_computes_in(tmp_path, 
     import diffdebias.devices as devices
     from diffdebias.runs import load_tensors
 
-    out, fixed = tmp_path / "di", ["--set", "diffinject.compare_erm=false", "--set", "classifier.epochs=1"]
+    out, fixed = tmp_path / "di", ["--set", "compare.erm=false", "--set", "classifier.epochs=1"]
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)  # a CPU where auto means fp32
     run(fake_mnist, out, "--set", "injection.precision=fp32", *fixed)
     fp32 = load_tensors(out / "injection" / "injected.safetensors")[0]["images"]
@@ -408,5 +359,5 @@ def test_keep_key_holds_only_the_settings_its_filters_read():
     assert key("diffinject.keep=neighbours_conflicting", "diffinject.min_similarity=0.2") == \
         key("diffinject.keep=neighbours_conflicting") == {"keep": "neighbours_conflicting", "neighbours": 5}
     assert key("diffinject.keep=similar_neighbours_conflicting", "diffinject.neighbours=3")["neighbours"] == 3
-    assert key("diffinject.keep=similar_conflicting_crossfit", "diffinject.crossfit_epochs=5") == {
-        "keep": "similar_conflicting_crossfit", "min_similarity": 0.7, "crossfit_epochs": 5}
+    assert key("diffinject.keep=similar_neighbours_conflicting") == {
+        "keep": "similar_neighbours_conflicting", "min_similarity": 0.7, "neighbours": 5}

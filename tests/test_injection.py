@@ -212,5 +212,5 @@ def test_injection_config_errors_name_the_field():
         load_config(None, ["method=diffinject"])
     with pytest.raises(ConfigError, match="diffinject.label_source"):
         load_config("configs/cmnist/diffinject.yaml", ["diffinject.label_source=both"])
-    with pytest.raises(ConfigError, match="diffinject.ddb_config"):
-        load_config("configs/cmnist/diffinject.yaml", ["diffinject.content_source=ddb"])
+    with pytest.raises(ConfigError, match="detection.ddb_config"):
+        load_config("configs/cmnist/diffinject.yaml", ["detection.source=ddb"])

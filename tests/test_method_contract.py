@@ -121,11 +121,12 @@ SAMPLER_SETTINGS = {
 }
 # What a setting needs beside it: DDB as a plug-in detector reads the tiny DDB config
 NEEDS = {
-    "diffinject.content_source=ddb": ("diffinject.ddb_config={ddb}",),
     "detection.source=ddb": ("detection.ddb_config={ddb}",),
 }
-# DDB declares ``detection`` for its rule; the other methods that declare it read its source (DDB plugged in or not)
-SOURCE_READERS = tuple(m for m, method in METHODS.items() if "detection" in method.sections and m != "ddb")
+# DDB declares ``detection`` for its rule, DiffInject for who ranks its content (its rankings, below); the other
+# methods that declare it read its source (DDB plugged in or not) and record how DDB's flags matched
+SOURCE_READERS = tuple(m for m, method in METHODS.items()
+                       if "detection" in method.sections and m not in ("ddb", "diffinject"))
 
 
 def variants() -> list:
@@ -139,7 +140,7 @@ def variants() -> list:
         *(one("ddb", f"recipe={r}", f"ddb.recipe={r}") for r in RECIPES),
         *(one("ddb", f"rule={r}", "ddb.recipe=groupdro", f"detection.rule={r}") for r in DETECTION_RULES),
         *(one(m, f"source={s}", f"detection.source={s}") for m in SOURCE_READERS for s in DETECTION_SOURCES),
-        *(one("diffinject", f"ranking={r}", f"diffinject.content_source={r}") for r in RANKINGS),
+        *(one("diffinject", f"ranking={r}", f"detection.source={r}") for r in RANKINGS),
         *(one("diffinject", f"pool={p}", f"diffinject.content_pool={p}") for p in POOLS),
         # each filter alone, then all of them chained in their order
         *(one("diffinject", f"keep={k}", f"diffinject.keep={k}") for k in (*FILTERS, "_".join(FILTERS))),
@@ -172,13 +173,13 @@ def diffinject_records(cfg: Config, m: dict, out: Path) -> None:
     assert made > 0 and 0 <= kept <= made and (kept == made if di.keep == "all" else True)
     assert ("synthetic_colour_shape" in m) == (kept > 0)  # no synthetic image kept: the real images alone
     assert (out / "figures" / "kept.png").exists() == (di.keep != "all" and 0 < kept < made)
-    assert set(m["pairs"]) == {"style_aligned", "content_conflicting"} and ("erm" in m) == di.compare_erm
+    assert set(m["pairs"]) == {"style_aligned", "content_conflicting"} and ("erm" in m) == cfg.compare.erm
     upsampled = m.get("upsampled_errors")
     assert (upsampled is not None) == (sampler_name(di) == "upsample_errors")
     if upsampled is not None:
         assert upsampled["copies"] == di.upsample_errors and upsampled["pool"] > 0
     report = (out / "report.md").read_text()
-    assert "## DiffInject" in report and f"by the `{di.content_source}` ranking" in report
+    assert "## DiffInject" in report and f"by {RANKINGS[cfg.detection.source].words}" in report
     assert ("black level matched" in report) == di.match_black
     assert (f"kept by `{di.keep}`" in report) == (di.keep != "all")
 
@@ -188,7 +189,7 @@ def ddb_records(cfg: Config, m: dict, out: Path) -> None:
     for key in ("precision", "recall", "f1", "auroc", "average_precision", "fraction"):
         assert 0.0 <= m["detection"][key] <= 1.0, key
     assert set(m["detection_references"]) == ({"erm_real", "gce_real"} if cfg.ddb.references else set())
-    assert ("erm" in m) == cfg.ddb.compare_erm
+    assert ("erm" in m) == cfg.compare.erm
     assert m["supervised"] == (rule in SUPERVISED_RULES and recipe == "groupdro")  # the oracle groups: a ceiling
     assert f"recipe `{recipe}`, detection rule `{rule}`" in (out / "report.md").read_text()
     history = json.loads((out / "classifier" / "history.json").read_text())

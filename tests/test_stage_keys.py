@@ -44,8 +44,8 @@ def test_diffinject_keeps_follow_the_classifier_that_filters_them(tmp_path, fake
                        "sampling: {per_class: 6, steps: 3}\namplifier: {epochs: 2}\n")
     args = ["run", "configs/cmnist/diffinject.yaml", "--out", str(tmp_path / "di"), "--quiet",
             "--set", f"data.mnist_path={fake_mnist}", "--set", "data.conflict_ratio=0.05", *DI_TINY,
-            "--set", "diffinject.content_source=ddb", "--set", f"diffinject.ddb_config={ddb_cfg}",
-            "--set", "diffinject.keep=conflicting", "--set", "diffinject.compare_erm=false"]
+            "--set", "detection.source=ddb", "--set", f"detection.ddb_config={ddb_cfg}",
+            "--set", "diffinject.keep=conflicting", "--set", "compare.erm=false"]
     assert main(args) == 0
     capsys.readouterr()
     assert main([a for a in args if a != "--quiet"] + ["--set", "amplifier.epochs=1"]) == 0
@@ -72,7 +72,7 @@ def diffinject_keys(out: Path, fake_mnist: Path, *overrides: str) -> dict[str, t
 
     args = ["run", "configs/cmnist/diffinject.yaml", "--out", str(out), "--quiet", "--set",
             f"data.mnist_path={fake_mnist}", "--set", "data.conflict_ratio=0.05", *DI_TINY, "--set",
-            "injection.precision=fp32", "--set", "diffinject.compare_erm=false"]
+            "injection.precision=fp32", "--set", "compare.erm=false"]
     for o in overrides:
         args += ["--set", o]
     Run.stage = record
@@ -115,8 +115,8 @@ DI_BASE = {  # the released pipeline: GCE ranking, top 10 per class, every synth
 }
 LFF_KEY = {"final_method": "lff", "label_source": "style", "lff": {"alpha": 0.7, "ema": True, "normalize": True,
                                                                     "q": 0.7}}
-FILTERED = {"copies": 50, "crossfit_epochs": 1, "keep": "similar_neighbours_conflicting_crossfit",
-            "label_source": "style", "min_similarity": -1.0, "neighbours": 5, "upsample_errors": 50}
+FILTERED = {"copies": 50, "keep": "similar_neighbours_conflicting", "label_source": "style", "min_similarity": -1.0,
+            "neighbours": 5, "upsample_errors": 50}
 DI_VARIANTS = [  # (overrides, the stages whose keys differ from DI_BASE's)
     (["diffinject.synthetic_share=0.5"],
      {"classifier": ({"label_source": "style", "synthetic_share": 0.5}, ["data", "injection"])}),
@@ -129,14 +129,12 @@ DI_VARIANTS = [  # (overrides, the stages whose keys differ from DI_BASE's)
                      ["data", "injection"]),
       "synthetic_colour_shape": ({**DIAGNOSTIC, "keep": "similar", "label_source": "content", "match_black": True,
                                   "min_similarity": -1.0}, ["injection", "shape_classifier"])}),
-    (["diffinject.upsample_errors=50", "diffinject.keep=similar_neighbours_conflicting_crossfit",
-      "diffinject.min_similarity=-1.0", "diffinject.crossfit_epochs=1"],
+    (["diffinject.upsample_errors=50", "diffinject.keep=similar_neighbours_conflicting",
+      "diffinject.min_similarity=-1.0"],
      {"classifier": (FILTERED, ["biased_classifier", "data", "injection"]),
-      "crossfit_0": ({**FILTERED, "half": 0}, ["biased_scores", "data", "injection"]),
-      "crossfit_1": ({**FILTERED, "half": 1}, ["biased_scores", "data", "injection"]),
       # the kept images' numbers read what kept them, the GCE classifier of ``conflicting`` included
       "synthetic_colour_shape": ({**DIAGNOSTIC, **{k: v for k, v in FILTERED.items() if k in (
-          "crossfit_epochs", "keep", "label_source", "min_similarity", "neighbours")}},
+          "keep", "label_source", "min_similarity", "neighbours")}},
                                  ["biased_classifier", "injection", "shape_classifier"])}),
 ]
 COLOUR_SHAPE = ("shape_classifier", "real_colour_shape", "synthetic_colour_shape")  # none when no image is kept

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, moved
 from .evaluation.metrics import METRIC_NAMES, headline_metrics
 from .evaluation.published import PUBLISHED_NAMES, published
 from .fields import execution_keys, marked_keys
@@ -162,13 +162,15 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
 def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[list[dict[str, Any]], int]:
     """The metrics of the cell's finished seeds whose saved config is the one the table runs now, and how many
     finished seeds were left out as stale (run under another config: run the table again to refresh them). Only the
-    sections the method reads are compared, so a default changed in another method's section keeps the cell."""
+    sections the method reads are compared, so a default changed in another method's section keeps the cell; a key
+    that moved since the run (config.MOVED) is compared under its new name."""
     found, stale = [], 0
     for seed in table.seeds:
         run = table.run_dir(method, ratio, seed)
         if not (run / "metrics.json").exists():
             continue
         saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+        saved = moved(saved or {}, warn=False)
         current = method_settings(cell_config(table, method, ratio, seed))
         diff = config_differences(saved, current)
         if diff:

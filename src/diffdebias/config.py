@@ -6,14 +6,15 @@ error that names the key, so a typo never silently runs the default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 import warnings
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -91,11 +92,9 @@ class TrainConfig:
     momentum: float = 0.9  # sgd only
     loss: str = "ce"  # ce | gce
     gce_q: float = 0.7
-    label_smoothing: float = added(0.0)  # CE only: share of the target spread over all classes (0: plain CE). Limits
-    #                                      how hard the model fits wrongly labelled (e.g. synthetic) images
     ensemble: int = added(1)  # copies trained on the same data, each its own stage (NAME, NAME_m1, ...) differing
     #   only in its seed (initial weights, batch order); the model is their mean softmax. A method's final classifier
-    #   and its ERM comparison; the models that find errors or filter images (JTT's, crossfit, committees) stay single
+    #   and its ERM comparison; the models that find errors or filter images (JTT's, committees) stay single
     augment: bool = False  # random crop (pad 4) + horizontal flip, on tensors
     flip: bool = added(True)  # augment: the horizontal flip too. A flip is a prior that the bias survives mirroring:
     #                           colour does, a direction (stripes, text, a pose) does not (docs/notebook.md, #38)
@@ -121,10 +120,6 @@ class TrainConfig:
         at_least(f"{name}.weight_decay", self.weight_decay, 0)
         fraction(f"{name}.momentum", self.momentum, high_open=True)
         fraction(f"{name}.gce_q", self.gce_q, low_open=True)
-        fraction(f"{name}.label_smoothing", self.label_smoothing, high_open=True)
-        if self.label_smoothing and self.loss != "ce":
-            raise ConfigError(f"{name}.label_smoothing applies to loss ce only, got {self.label_smoothing} with "
-                              f"{name}.loss={self.loss}")
         positive(f"{name}.input_scale", self.input_scale)
         return self
 
@@ -137,9 +132,10 @@ class DetectionConfig:
     quantile: float = 0.99  # quantile rule: flag losses above this quantile (open)
     threshold: float = 1.0  # threshold rule: flag losses above this value, in nats (open)
     per_class: bool = False  # quantile / mixture / otsu: split each class's losses separately (open)
-    source: str = added("own")  # JTT and LfF+BE: own (the method's own detection, the papers': JTT's stage-1 errors,
-    #   BiasEnsemble's committee) | ddb (variant, DDB as a plug-in detector: the real samples the synthetic-trained
-    #   amplifier of ``ddb_config`` flags under that config's detection rule)
+    source: str = added("own")  # JTT, LfF+BE and DiffInject: own (the method's own detection, the papers': JTT's
+    #   stage-1 errors, BiasEnsemble's committee, DiffInject's GCE classifier ranking its content) | ddb (variant, DDB
+    #   as a plug-in detector: the real samples the synthetic-trained amplifier of ``ddb_config`` flags under that
+    #   config's detection rule; for DiffInject, that amplifier's losses rank the content)
     ddb_config: str | None = added(None)  # source=ddb: the DDB config (its data section is replaced by this run's)
 
     def validate(self, name: str = "detection") -> DetectionConfig:
@@ -174,15 +170,13 @@ class LfFConfig:
     ema: bool = True  # keep the per-sample EMA (DDB Recipe II: open, on by default)
     normalize: bool = True  # class-wise max normalisation (DDB Recipe II: open, on by default)
     q: float = 0.7  # GCE q of the jointly trained biased model (LfF baseline)
-    valid_groups: str = added("errors")  # groups of the valid split for classifier.select=valid with a group metric,
-    #   as jtt.valid_groups: errors (label x misclassified by ERM after error_epochs; no bias label read) | true
-    error_epochs: int = added(1)  # epochs of that ERM model (JTT's T)
+    error_epochs: int = added(1)  # epochs of the ERM model whose valid errors give LfF's selection groups
+    #                               (selection.valid_groups=errors; JTT's T)
 
     def validate(self, name: str = "lff") -> LfFConfig:
         """alpha is an EMA weight (1 would freeze the first loss); q is a GCE exponent (0 gives a zero loss)."""
         fraction(f"{name}.alpha", self.alpha, high_open=True)
         fraction(f"{name}.q", self.q, low_open=True)
-        choice(f"{name}.valid_groups", self.valid_groups, VALID_GROUPS)
         count(f"{name}.error_epochs", self.error_epochs)
         return self
 
@@ -197,7 +191,6 @@ class DDBConfig:
     reference_recipe: str = side("plain")  # (open) how the references train: plain (the amplifier's settings without
     #   its weight decay and augmentation: JTT's and LfF's own CMNIST recipes, under which real-data models memorise)
     #   | amplifier (the amplifier's regularised recipe, under which they do not; docs/results.md)
-    compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
     bias_temperature: float = added(1.0)  # Recipe II (variant below 1): the amplifier's per-sample loss is its CE at
     #   logits / T. 1 is the paper's (its plain CE). A frozen amplifier's aligned loss has a floor (~0.18 on Colored
     #   MNIST) that the target's falls far below, so W = L_amp / (L_amp + L_target) saturates near 1 for every sample;
@@ -222,16 +215,35 @@ class JTTConfig:
     #                        JTT's CelebA script uses T=1)
     lambda_up: int = 50  # error-set copies added per epoch, so each error appears 1 + lambda_up times (open: JTT's
     #                      CelebA value, middle of its sweep [20, 50, 100]); -1: JTT's auto int((N-|E|)/|E|) - 1
-    valid_groups: str = added("errors")  # groups of the valid split for classifier.select=valid with a group metric:
-    #   errors: label x misclassified by the stage-1 model (no bias label read); true: label x bias, JTT's protocol
-    #   (supervised: it reads the valid split's bias labels)
 
     def validate(self, name: str = "jtt") -> JTTConfig:
         count(f"{name}.epochs_first", self.epochs_first)
         if not (isinstance(self.lambda_up, int) and not isinstance(self.lambda_up, bool) and self.lambda_up >= -1):
             raise ConfigError(f"{name}.lambda_up must be >= 0 or -1 (auto), got {self.lambda_up!r}")
+        return self
+
+
+@dataclass
+class SelectionConfig:
+    """Model selection of the methods that find the valid split's groups without bias labels (JTT, LfF, DiffInject's
+    LfF-weighted final classifier), when ``classifier.select=valid`` uses a group metric."""
+
+    valid_groups: str = "errors"  # errors: label x misclassified by an early ERM model (JTT's stage-1 model; for
+    #   LfF an ERM model after lff.error_epochs), no bias label read | true: label x bias, JTT's protocol (supervised:
+    #   it reads the valid split's bias labels)
+
+    def validate(self, name: str = "selection") -> SelectionConfig:
         choice(f"{name}.valid_groups", self.valid_groups, VALID_GROUPS)
         return self
+
+
+@dataclass
+class CompareConfig:
+    """Side measurements of the report: they add stages and metrics of their own but change no number the method
+    computes."""
+
+    erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison (DDB,
+    #                         DiffInject)
 
 
 @dataclass
@@ -275,22 +287,22 @@ class BiasEnsembleConfig:
 
 
 # diffinject.keep's filters, in the order they are joined
-KEEP_FILTERS = ("similar", "neighbours", "conflicting", "crossfit")
+KEEP_FILTERS = ("similar", "neighbours", "conflicting")
 
 
 @dataclass
 class DiffInjectConfig:
     """DiffInject: GCE-biased classifier -> top-K content pool -> h-space injection -> classifier on real + synthetic.
 
-    The biased classifier is the ``amplifier`` section (a biased model); the injection's diffusion model is the
-    ``diffusion`` section (unconditional, P2-weighted); the injection itself is the ``injection`` section.
+    The biased classifier is the ``amplifier`` section (a biased model); who ranks the content is
+    ``detection.source`` (``own``: that GCE classifier, the paper; ``ddb``: the amplifier of ``detection.ddb_config``);
+    the injection's diffusion model is the ``diffusion`` section (unconditional, P2-weighted); the injection itself is
+    the ``injection`` section.
     """
 
     content_pool: str = "top_k"  # top_k (the K highest-CE training samples per class: the paper) | errors (every
     #                              training sample the ranking model misclassifies: as many as it finds) (open)
     top_k: int = 10  # content pool: the K highest-CE training samples per class (released code: 10)
-    content_source: str = "gce"  # who ranks the samples: gce (the GCE classifier, the paper) | ddb (a DDB amplifier)
-    ddb_config: str | None = None  # content_source=ddb: the DDB config whose amplifier ranks (its data section is ours)
     general_data: str = "train"  # diffusion training data: train (the biased training set, no extra data) |
     #                              mnist (grey MNIST as 3 channels, the paper's choice for CMNIST) (open)
     synthetic_ratio: float = 0.1  # synthetic images = ratio x aligned-looking training images (released: 0.1)
@@ -309,30 +321,25 @@ class DiffInjectConfig:
     #                          by "_" in this order, each dropping more: similar (luminance correlates >=
     #                          min_similarity with the style image's: the style's structure kept) | neighbours (the
     #                          real training images nearest in luminance mostly carry the image's label) | conflicting
-    #                          (not assigned to its label by the GCE-biased classifier) | crossfit (assigned to its
-    #                          label by a classifier trained on the real images and the other half of the images kept
-    #                          so far: wrong-label images are label noise); e.g. similar_conflicting,
-    #                          similar_conflicting_crossfit. None reads a bias label (open)
+    #                          (not assigned to its label by the GCE-biased classifier); e.g. similar_conflicting.
+    #                          None reads a bias label (open)
     min_similarity: float = added(0.7)  # keep=similar*: the correlation threshold
     upsample_errors: int = added(0)  # final classifier: extra copies per epoch of each real training sample the
     #                                  ranking model misclassifies (JTT's error set, read from the scores that rank
     #                                  the content pool); 0: none (released); -1: JTT's auto int((N - |E|) / |E|) - 1
     #                                  over the real images. Reads no bias label; a combination no paper makes (open)
     neighbours: int = added(5)  # keep=*neighbours*: how many nearest real training images vote on the label
-    crossfit_epochs: int = added(20)  # keep=*crossfit: epochs of each of the two half classifiers (the classifier
-    #                                  section's other settings, and upsample_errors' copies) (open)
-    compare_erm: bool = side(True)  # also train plain ERM with the classifier settings, for the report's comparison
 
     def validate(self, name: str = "diffinject") -> DiffInjectConfig:
-        for key, choices in (("content_pool", ("top_k", "errors")), ("content_source", ("gce", "ddb")),
-                             ("general_data", ("train", "mnist")), ("style_pool", ("all", "aligned")),
-                             ("label_source", ("style", "content")), ("final_method", ("erm", "lff"))):
+        for key, choices in (("content_pool", ("top_k", "errors")), ("general_data", ("train", "mnist")),
+                             ("style_pool", ("all", "aligned")), ("label_source", ("style", "content")),
+                             ("final_method", ("erm", "lff"))):
             choice(f"{name}.{key}", getattr(self, key), choices)
         filters = self.keep_filters()
         if self.keep != "all" and [f for f in KEEP_FILTERS if f in filters] != filters:
             raise ConfigError(f"{name}.keep must be all or filters from {', '.join(KEEP_FILTERS)} joined by '_' "
                               f"in that order, each once (e.g. similar_conflicting); got {self.keep!r}")
-        for key in ("crossfit_epochs", "neighbours", "top_k"):
+        for key in ("neighbours", "top_k"):
             count(f"{name}.{key}", getattr(self, key))
         positive(f"{name}.synthetic_ratio", self.synthetic_ratio)
         if self.synthetic_share is not None and not 0 < self.synthetic_share < 1:
@@ -347,8 +354,6 @@ class DiffInjectConfig:
         if self.final_method == "lff" and self.synthetic_share is not None:
             raise ConfigError(f"{name}.final_method=lff draws real and synthetic images alike (LfF weights them); "
                               f"set {name}.synthetic_share to null")
-        if self.content_source == "ddb" and not self.ddb_config:
-            raise ConfigError(f"{name}.content_source=ddb needs {name}.ddb_config (e.g. configs/cmnist/ddb.yaml)")
         return self
 
     def keep_filters(self) -> list[str]:
@@ -375,18 +380,55 @@ class Config:
     lff: LfFConfig = field(default_factory=LfFConfig)
     ddb: DDBConfig = field(default_factory=DDBConfig)
     jtt: JTTConfig = field(default_factory=JTTConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
     disent: DisEntConfig = field(default_factory=DisEntConfig)
     bias_ensemble: BiasEnsembleConfig = field(default_factory=BiasEnsembleConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     diffinject: DiffInjectConfig = field(default_factory=DiffInjectConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING)
+_SMOOTHING = ("measured to hurt: it softens the repeated real errors' targets as much as the wrong synthetic images' "
+              "(-3.0 points at 1 %, -0.3 at 5 %; docs/notebook.md, \"Label smoothing in the final classifier\")")
 # Keys a config may still name though nothing reads them any more (configs saved by older runs, older files): loading
 # warns and drops them, where an unknown key would be an error. Key -> why it went.
-RETIRED = {"diffusion.prediction_type": "it had one value, epsilon, the only prediction the U-Net makes"}
+RETIRED = {
+    "diffusion.prediction_type": "it had one value, epsilon, the only prediction the U-Net makes",
+    "classifier.label_smoothing": _SMOOTHING,
+    "amplifier.label_smoothing": _SMOOTHING,
+    "diffinject.crossfit_epochs": "it set the retired crossfit filter of diffinject.keep",
+}
+# diffinject.keep filters that went: a keep chain naming one still loads, with a warning, without it (alone: all)
+RETIRED_FILTERS = {"crossfit": "measured to hurt: it cost about 2 points wherever it was added, dropping the useful "
+                               "images a classifier cannot yet read (docs/notebook.md, \"Dropping the synthetic "
+                               "images a classifier trained without them disagrees with\")"}
+
+
+class Moved(NamedTuple):
+    """Where a renamed key went: its new key, why, and its old values as the new key spells them (None: as they are;
+    a value the map does not name passes unchanged, for the new key to check)."""
+
+    new: str
+    why: str
+    values: dict[Any, Any] | None = None
+
+
+# Keys that merged into a shared option: the old name still loads, with a FutureWarning naming the new one, and sets
+# the new key (each config file, and the overrides, read on their own: a file's old key overrides its base's new
+# one; within one of them, both names with different values are an error). Old key -> Moved.
+_SELECTION = "one option for the valid groups of every method that finds them without bias labels (JTT, LfF)"
+_DETECTION = "DiffInject's ranking is its detection, as JTT's and LfF+BE's: its own (the paper's GCE classifier) or DDB"
+MOVED: dict[str, Moved] = {
+    "ddb.compare_erm": Moved("compare.erm", "one switch for the report's ERM comparison of DDB and DiffInject"),
+    "diffinject.compare_erm": Moved("compare.erm", "one switch for the report's ERM comparison of DDB and DiffInject"),
+    "jtt.valid_groups": Moved("selection.valid_groups", _SELECTION),
+    "lff.valid_groups": Moved("selection.valid_groups", _SELECTION),
+    "diffinject.content_source": Moved("detection.source", _DETECTION, {"gce": "own", "ddb": "ddb"}),
+    "diffinject.ddb_config": Moved("detection.ddb_config", _DETECTION),
+}
 
 # ---------------------------------------------------------------------------------------------------- provenance
 
@@ -407,7 +449,6 @@ _TRAIN: dict[str, tuple[str, str]] = {  # TrainConfig, both as classifier and am
     "momentum": ("open", "our choice: the usual 0.9 (sgd only)"),
     "loss": ("paper", "cross-entropy (ERM)"),
     "gce_q": ("paper", "GCE's q = 0.7, as LfF"),
-    "label_smoothing": ("variant", f"off; {_NB}\"Label smoothing in the final classifier\""),
     "ensemble": ("variant", f"one model; {_NB}\"Averaging final classifiers\""),
     "augment": ("open", "our choice: off"),
     "flip": ("open", f"with augment: {_NB}\"DDB settings that hold beyond colour\" (a direction is not mirror-proof)"),
@@ -447,8 +488,10 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "detection.quantile": ("open", "our choice"),
     "detection.threshold": ("open", "our choice"),
     "detection.per_class": ("open", "our choice"),
-    "detection.source": ("paper", "each method's own detection (JTT's errors, BiasEnsemble's committee)"),
-    "detection.ddb_config": ("variant", f"DDB as a plug-in detector; {_NB}\"DDB as a plug-in detector for JTT\""),
+    "detection.source": ("paper", "each method's own detection (JTT's errors, BiasEnsemble's committee, "
+                                  "DiffInject's GCE classifier)"),
+    "detection.ddb_config": ("variant", f"DDB as a plug-in detector; {_NB}\"DDB as a plug-in detector for JTT\", "
+                                        "DiffInject: \"The best variant at three seeds\""),
     "groupdro.eta": ("released", "Group-DRO code default"),
     "groupdro.adjustment": ("released", "Group-DRO default 0"),
     "groupdro.balanced": ("released", "--reweight_groups in the Group-DRO scripts"),
@@ -457,18 +500,17 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "lff.ema": ("open", "DDB Recipe II leaves it open: on"),
     "lff.normalize": ("open", "DDB Recipe II leaves it open: on"),
     "lff.q": ("paper", "LfF: GCE q = 0.7"),
-    "lff.valid_groups": ("open", "our choice: ERM errors, no bias label (true: supervised)"),
     "lff.error_epochs": ("open", "JTT's T = 1"),
     "ddb.recipe": ("paper", "DDB Recipe I: Group-DRO on pseudo-groups"),
     "ddb.references": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
     "ddb.reference_epochs": ("open", "side measurement: a JTT-style T"),
     "ddb.reference_gce_epochs": ("open", "side measurement: the amplifier's epochs"),
     "ddb.reference_recipe": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
-    "ddb.compare_erm": ("open", "side measurement: the report's ERM comparison"),
     "ddb.bias_temperature": ("paper", f"1: the paper's plain CE (T < 1: {_NB}\"Recipe II's saturation\")"),
     "jtt.epochs_first": ("open", "JTT has no CMNIST run; its CelebA script uses T = 1"),
     "jtt.lambda_up": ("open", "JTT's CelebA value, middle of its sweep [20, 50, 100]"),
-    "jtt.valid_groups": ("open", "our choice: stage-1 errors, no bias label (true: JTT's protocol)"),
+    "selection.valid_groups": ("open", "our choice: early ERM errors, no bias label (true: JTT's protocol)"),
+    "compare.erm": ("open", "side measurement: the report's ERM comparison"),
     "disent.lambda_dis_align": ("released", "DisEnt CMNIST script"),
     "disent.lambda_swap_align": ("released", "DisEnt CMNIST script"),
     "disent.lambda_swap": ("released", "DisEnt CMNIST script"),
@@ -483,8 +525,6 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "bias_ensemble.agreement": ("released", "BiasEnsemble --agreement"),
     "diffinject.content_pool": ("paper", "top_k: the K highest-CE samples per class"),
     "diffinject.top_k": ("released", "released code: 10"),
-    "diffinject.content_source": ("paper", "the GCE classifier ranks"),
-    "diffinject.ddb_config": ("variant", f"a DDB amplifier ranks; {_NB}\"The best variant at three seeds\""),
     "diffinject.general_data": ("open", "the training set, no extra data (the paper: grey MNIST for CMNIST)"),
     "diffinject.synthetic_ratio": ("released", f"released: 0.1 (0.2: {_NB}\"Twice the synthetic images\")"),
     "diffinject.style_pool": ("open", "all: unsupervised (released: aligned, from bias labels)"),
@@ -496,8 +536,6 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "diffinject.min_similarity": ("variant", f"keep=similar*; {_NB}\"Keeping the synthetic images that kept\""),
     "diffinject.upsample_errors": ("released", f"0, as released ({_NB}\"Repeating the GCE classifier's real errors\")"),
     "diffinject.neighbours": ("variant", f"keep=*neighbours*; {_NB}\"Keeping the synthetic images whose nearest\""),
-    "diffinject.crossfit_epochs": ("variant", f"keep=*crossfit; {_NB}\"Dropping the synthetic images\""),
-    "diffinject.compare_erm": ("open", "side measurement: the report's ERM comparison"),
     **DIFFUSION_PROVENANCE,
 }
 
@@ -560,6 +598,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML reads an unquoted true/false as a boolean: a string field means the word
+            return str(value).lower()
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     return value
 
@@ -571,8 +611,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "", default: Any =
     names = {f.name for f in dataclasses.fields(cls)}
     for key in list(data):
         if prefix + key in RETIRED:
-            warnings.warn(f"config key '{prefix}{key}' is retired and ignored: {RETIRED[prefix + key]}",
-                          FutureWarning, stacklevel=2)  # FutureWarning: the deprecation warning users see
+            _warn(f"config key '{prefix}{key}' is retired and ignored: {RETIRED[prefix + key]}")
             data = {k: v for k, v in data.items() if k != key}
         elif key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
@@ -587,6 +626,74 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "", default: Any =
         else:
             kwargs[f.name] = _check_value(data[f.name], hints[f.name], prefix + f.name)
     return cls(**kwargs)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FutureWarning, stacklevel=3)  # FutureWarning: the deprecation warning users see
+
+
+def moved(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """``data`` (a config file's or the overrides' mapping) with every :data:`MOVED` key under its new name, its value
+    mapped; a FutureWarning names each old key and its new one (``warn``). An old and a new name (or two old ones)
+    giving one key two values is a ConfigError naming both."""
+    out = copy.deepcopy(data)
+    named_by: dict[str, str] = {}  # new key -> the old key that set it here
+    for old, (new, why, values) in MOVED.items():
+        *path, leaf = old.split(".")
+        node = _section(out, path)
+        if node is None or leaf not in node:
+            continue
+        raw = node.pop(leaf)
+        value = values.get(raw, raw) if values and isinstance(raw, Hashable) else raw
+        if warn:
+            spelled = f" ({old}={raw} reads {new}={value})" if value != raw else ""
+            _warn(f"config key '{old}' is now '{new}'{spelled}: {why}. '{old}' still loads but will go; use '{new}'")
+        *path, leaf = new.split(".")
+        target = _section(out, path, create=True, key=new)
+        if leaf in target and target[leaf] != value:
+            other = named_by.get(new, new)
+            raise ConfigError(f"config keys '{old}' and '{other}' both set '{new}', to {value!r} and "
+                              f"{target[leaf]!r} ('{old}' is an old name of '{new}'): keep one")
+        target[leaf] = value
+        named_by[new] = old
+    return out
+
+
+def _section(data: dict[str, Any], path: list[str], create: bool = False, key: str = "") -> dict[str, Any] | None:
+    """The mapping at ``path`` in ``data`` (None where there is none; made when ``create``)."""
+    node = data
+    for k in path:
+        if create and node.get(k) is None:
+            node[k] = {}
+        node = node.get(k)
+        if not isinstance(node, dict):
+            if create:
+                raise ConfigError(f"config key '{key}': '{k}' is not a section")
+            return None
+    return node
+
+
+def _retire_filters(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the :data:`RETIRED_FILTERS` left out of ``diffinject.keep`` (a keep of only those: ``all``), each
+    with a FutureWarning."""
+    di = data.get("diffinject")
+    keep = di.get("keep") if isinstance(di, dict) else None
+    if not isinstance(keep, str):
+        return data
+    filters = keep.split("_")
+    gone = [f for f in filters if f in RETIRED_FILTERS]
+    if not gone:
+        return data
+    now = "_".join(f for f in filters if f not in RETIRED_FILTERS) or "all"
+    for f in gone:
+        _warn(f"diffinject.keep={keep}: the '{f}' filter is retired and ignored ({RETIRED_FILTERS[f]}); it loads as "
+              f"diffinject.keep={now}")
+    return {**data, "diffinject": {**di, "keep": now}}
+
+
+def _upgraded(data: dict[str, Any]) -> dict[str, Any]:
+    """One config file's or the overrides' mapping with old names under their new ones and retired values gone."""
+    return _retire_filters(moved(data))
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -610,6 +717,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     base = data.pop("base", None)
+    data = _upgraded(data)  # each file on its own: its old names override its base's new ones
     if base is not None:
         data = _merge(_read_yaml(path.parent / base, seen + (path,)), data)
     return data
@@ -630,14 +738,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] = (), **top: Any) -> Config:
     """Defaults, then the YAML file, then ``key=value`` overrides, then top-level keyword values (seed=...)."""
     data: dict[str, Any] = _read_yaml(Path(path)) if path else {}
+    given: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
+        node = given
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{k}' is not a section")
         node[keys[-1]] = value
+    data = _merge(data, _upgraded(given))  # the overrides read together (old and new names), then over the file
     for k, v in top.items():
         if v is not None:
             data[k] = v

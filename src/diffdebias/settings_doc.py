@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .config import PROVENANCE, PROVENANCES, SECTIONS, Config
+from .config import MOVED, PROVENANCE, PROVENANCES, RETIRED, RETIRED_FILTERS, SECTIONS, Config
 from .methods import METHODS
 
 PATH = Path("docs/settings.md")
@@ -80,7 +80,22 @@ def render() -> str:
         value = getattr(cfg, section)
         out += ["", f"## {section}", "", "Read by " + ", ".join(f"`{m}`" for m in readers[section]) + ".", ""]
         out += _table([(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)], section + ".")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _gone()) + "\n"
+
+
+def _gone() -> list[str]:
+    """The keys that moved or went (:data:`~diffdebias.config.MOVED`, ``RETIRED``, ``RETIRED_FILTERS``): they still
+    load, with a FutureWarning (CHANGELOG.md)."""
+    def values(m) -> str:
+        return "" if not m.values else " (" + ", ".join(f"`{a}` -> `{b}`" for a, b in m.values.items()) + ")"
+
+    return ["", "## Renamed and retired keys", "",
+            "Configs that name them still load, with a FutureWarning; see CHANGELOG.md.", "",
+            "| key | now | why |", "|---|---|---|",
+            *[f"| `{old}` | `{m.new}`{values(m)} | {_cell(m.why)} |" for old, m in MOVED.items()],
+            *[f"| `{key}` | retired, ignored | {_cell(why)} |" for key, why in RETIRED.items()],
+            *[f"| `diffinject.keep=..._{f}` | retired: the other filters (alone: `all`) | {_cell(why)} |"
+              for f, why in RETIRED_FILTERS.items()]]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,10 +6,8 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Per-sample CE; ``smoothing`` > 0 spreads that share of the target over all classes (label smoothing), which
-    bounds how far the model pushes a sample whose label is wrong."""
-    return F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=smoothing)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
 def gce(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torch.Tensor:
@@ -22,13 +20,9 @@ def gce(logits: torch.Tensor, labels: torch.Tensor, q: float = 0.7) -> torch.Ten
     return F.cross_entropy(logits, labels, reduction="none") * p_y.pow(q) * q
 
 
-def per_sample_loss(name: str, q: float = 0.7, smoothing: float = 0.0):
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"classifier.label_smoothing must be in [0, 1), got {smoothing}")
+def per_sample_loss(name: str, q: float = 0.7):
     if name == "ce":
-        return (lambda logits, labels: cross_entropy(logits, labels, smoothing)) if smoothing else cross_entropy
-    if smoothing:
-        raise ValueError(f"classifier.label_smoothing applies to loss 'ce' only, not '{name}'")
+        return cross_entropy
     if name == "gce":
         return lambda logits, labels: gce(logits, labels, q)
     raise ValueError(f"unknown loss '{name}' (known: ce, gce)")

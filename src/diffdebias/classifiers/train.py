@@ -155,7 +155,7 @@ def train_classifier(
         weighting.bind(model, stage.generator("bind"))
     optimizer = make_optimizer(model, cfg)
     net = acc.prepare_model(model) if parallel else model  # the DDP copy trains; ``model`` predicts and is saved
-    criterion = per_sample_loss(cfg.loss, cfg.gce_q, cfg.label_smoothing)
+    criterion = per_sample_loss(cfg.loss, cfg.gce_q)
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "epoch": -1}
     best_state: dict[str, torch.Tensor] | None = None

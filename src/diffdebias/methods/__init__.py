@@ -14,9 +14,10 @@ from .erm import run_erm
 METHODS: dict[str, Method] = {
     "erm": Method(run_erm, ("data", "classifier")),
     "ddb": Method(run_ddb, ("data", "classifier", "amplifier", "detection", "groupdro", "lff", "ddb", "diffusion",
-                            "sampling")),
-    "diffinject": Method(run_diffinject, ("data", "classifier", "amplifier", "diffinject", "diffusion", "injection",
-                                          "lff")),  # lff: final_method=lff
+                            "sampling", "compare")),
+    # detection: who ranks the content (its source, and ddb_config); lff and selection: final_method=lff
+    "diffinject": Method(run_diffinject, ("data", "classifier", "amplifier", "detection", "diffinject", "diffusion",
+                                          "injection", "lff", "selection", "compare")),
     **BASELINES,
 }
 

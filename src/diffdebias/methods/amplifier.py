@@ -1,5 +1,6 @@
 """The synthetic-trained bias amplifier (DDB's first stages) and the real samples it flags: DDB composes it, and other
-methods plug it in as their detector (``detection.source=ddb``, DiffInject's ``content_source=ddb``)."""
+methods plug it in as their detector (``detection.source=ddb``: JTT's error set, LfF+BE's committee, DiffInject's
+content ranking)."""
 
 from __future__ import annotations
 

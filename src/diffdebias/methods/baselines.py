@@ -3,7 +3,8 @@
 Each is ``(ctx) -> Trained``; the training itself is always the one loop with a weighting object from
 :mod:`..classifiers.debias_weighting` or :mod:`..classifiers.weighting`. Config sections read: ``classifier`` (the
 target), ``lff`` (EMA alpha, GCE q, EMA and normalisation switches, shared by every LfF-style method), ``groupdro``,
-``jtt``, ``disent``, ``bias_ensemble``.
+``jtt``, ``disent``, ``bias_ensemble``, ``selection`` (LfF's and JTT's groups of the valid split), ``detection`` (DDB
+plugged in).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run_jtt(ctx: Context) -> Trained:
     def identify() -> Trained:
         return train_stage(ctx, "jtt_identify", replace(c.classifier, epochs=j.epochs_first, select="last", ensemble=1))
 
-    valid = selection_valid(ctx, j.valid_groups, "jtt.valid_groups", identify)
+    valid = selection_valid(ctx, identify)
     if c.detection.source == "ddb":  # DDB as the plug-in detector: its flagged samples are the error set
         flags, detector = ddb_flags(ctx)
         index = flags.nonzero().squeeze(1)
@@ -187,8 +188,8 @@ def run_disent_be(ctx: Context) -> Trained:
 
 
 BASELINES = {  # detection: its source and ddb_config (DDB as the plug-in detector)
-    "lff": Method(run_lff, ("data", "classifier", "lff")),
-    "jtt": Method(run_jtt, ("data", "classifier", "jtt", "detection")),
+    "lff": Method(run_lff, ("data", "classifier", "lff", "selection")),
+    "jtt": Method(run_jtt, ("data", "classifier", "jtt", "selection", "detection")),
     "gdro": Method(run_gdro, ("data", "classifier", "groupdro")),
     "disent": Method(run_disent, ("data", "classifier", "disent", "lff")),
     "lff_be": Method(run_lff_be, ("data", "classifier", "lff", "bias_ensemble", "detection")),

@@ -99,8 +99,8 @@ class Result:
 class Method:
     """A method and the config sections it reads besides the top-level fields (name, method, seed, device): a run
     saves, and a benchmark table compares, only those, so a default changed in another section leaves its finished
-    runs valid. A plug-in detector's sections (``detection.ddb_config``, ``diffinject.ddb_config``) come from its own
-    config file, not this run's."""
+    runs valid. A plug-in detector's sections (``detection.ddb_config``) come from its own config file, not this
+    run's."""
 
     run: Callable[[Context], Trained]
     sections: tuple[str, ...]

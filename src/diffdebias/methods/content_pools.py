@@ -1,7 +1,7 @@
 """Where DiffInject's content images come from, as registries keyed by the config value: who ranks the real training
-samples (``diffinject.content_source``: ``gce``, the GCE-biased classifier of the paper, or ``ddb``, a DDB amplifier)
-and which of them become the content pool (``diffinject.content_pool``: ``top_k``, the paper's K highest-loss samples
-per class, or ``errors``, every sample the ranking model gets wrong)."""
+samples (``detection.source``: ``own``, the GCE-biased classifier of the paper, or ``ddb``, a DDB amplifier plugged in
+as the detector, as for JTT and LfF+BE) and which of them become the content pool (``diffinject.content_pool``:
+``top_k``, the paper's K highest-loss samples per class, or ``errors``, every sample the ranking model gets wrong)."""
 
 from __future__ import annotations
 
@@ -30,12 +30,23 @@ def gce_ranking(ctx: Context) -> Scores:
 
 
 def ddb_ranking(ctx: Context) -> Scores:
-    """The losses of the synthetic-trained amplifier of the DDB config ``diffinject.ddb_config``."""
-    _, amp = ddb_amplifier(ctx, ctx.cfg.diffinject.ddb_config)
+    """The losses of the synthetic-trained amplifier of the DDB config ``detection.ddb_config``."""
+    _, amp = ddb_amplifier(ctx, ctx.cfg.detection.ddb_config)
     return score_stage(ctx, "amplifier_scores", amp)
 
 
-RANKINGS: dict[str, Callable[[Context], Scores]] = {"gce": gce_ranking, "ddb": ddb_ranking}
+@dataclass(frozen=True)
+class Ranking:
+    """One ``detection.source``: the per-sample scores that rank the training samples, and the report's words."""
+
+    scores: Callable[[Context], Scores]
+    words: str  # who ranks, for the report's "top K per class by ..."
+
+
+RANKINGS: dict[str, Ranking] = {
+    "own": Ranking(gce_ranking, "the GCE classifier (`detection.source=own`)"),
+    "ddb": Ranking(ddb_ranking, "the DDB amplifier (`detection.source=ddb`)"),
+}
 
 # ------------------------------------------------------------------------------------------------------- pools
 

@@ -129,7 +129,7 @@ def run_ddb(ctx: Context) -> Trained:
         det = {name: detection_report(ctx, s) for name, s in scores.items()}
         metrics["detection"] = det.pop("synthetic")
         metrics["detection_references"] = det
-    if cfg.ddb.compare_erm:
+    if cfg.compare.erm:
         erm = train_stage(ctx, "erm", cfg.classifier, valid=valid)
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", erm)
     if cfg.data.name == "cmnist":

@@ -2,9 +2,10 @@
 training images through the h-space of an unconditional, P2-weighted diffusion model, then train on real + synthetic
 data.
 
-Stages: biased_classifier (GCE, the ``amplifier`` section) -> biased_scores -> content pool (top-K CE per class) ->
-injection_diffusion (``diffusion`` section, on the general dataset) -> content_h (inverted content bottlenecks) ->
-injection (style inversion + injected generation, in resumable chunks) -> classifier on real + synthetic.
+Stages: biased_classifier (GCE, the ``amplifier`` section; ``detection.source=ddb``: a DDB amplifier instead) ->
+biased_scores -> content pool (top-K CE per class) -> injection_diffusion (``diffusion`` section, on the general
+dataset) -> content_h (inverted content bottlenecks) -> injection (style inversion + injected generation, in
+resumable chunks) -> classifier on real + synthetic.
 
 What the paper leaves fixed and the config opens is looked up in registries keyed by the config value, each in a
 module of its own: who ranks and which samples become content (:mod:`.content_pools`), what happens to the synthetic
@@ -211,7 +212,7 @@ def final_classifier(ctx: Context, train: ImageSet, draw: Draw) -> Trained:
 def run_diffinject(ctx: Context) -> Trained:
     cfg, d = ctx.cfg, ctx.data
     di = cfg.diffinject
-    scores = RANKINGS[di.content_source](ctx)
+    scores = RANKINGS[cfg.detection.source].scores(ctx)
     pool = POOLS[di.content_pool].choose(ctx, scores)
     general, general_source = general_dataset(ctx)
     diff = diffusion_stage(ctx, "injection_diffusion", cfg.diffusion, general, None, general_source)
@@ -219,7 +220,7 @@ def run_diffinject(ctx: Context) -> Trained:
     generated, pairs = load_injected(ctx, inj)
     generated = postprocessed(ctx, generated)
     errors = misclassified(scores.pred, d.train.labels)
-    keep, chosen_by = kept_synthetic(ctx, generated, pairs["style"], errors, scores)
+    keep, chosen_by = kept_synthetic(ctx, generated, pairs["style"])
     synthetic = generated.subset(keep.nonzero().flatten())
     synthetic.reads = synthetic.reads | chosen_by  # the filters and what they read chose these images
     if not len(synthetic):
@@ -237,7 +238,7 @@ def run_diffinject(ctx: Context) -> Trained:
         content_conflicting = ~d.train.aligned_mask()[pairs["content"]]
         metrics["pairs"] = {"style_aligned": float(style_aligned.double().mean()),
                             "content_conflicting": float(content_conflicting.double().mean())}
-    if di.compare_erm:
+    if cfg.compare.erm:
         metrics["erm"] = evaluate_stage(ctx, "erm_evaluation", train_stage(ctx, "erm", cfg.classifier))
     if cfg.data.name == "cmnist" and len(synthetic):
         metrics["synthetic_colour_shape"] = colour_shape_stage(ctx, "synthetic_colour_shape", lambda: synthetic,
@@ -256,7 +257,7 @@ def diffinject_report(ctx: Context, pool: torch.Tensor, inj: Stage, synthetic: I
     cfg, d = ctx.cfg, ctx.data
     di, ic = cfg.diffinject, cfg.injection
     out = ["## DiffInject", "",
-           f"Content pool: {POOLS[di.content_pool].words(di, len(pool))} by the `{di.content_source}` ranking; "
+           f"Content pool: {POOLS[di.content_pool].words(di, len(pool))} by {RANKINGS[cfg.detection.source].words}; "
            f"styles from `{di.style_pool}`; labels from the `{di.label_source}` image; diffusion data "
            f"`{di.general_data}`; {ic.steps}-step grid{'' if ic.t_start is None else f' up to t_start {ic.t_start}'}, "
            f"t_edit {ic.t_edit}, t_boost {ic.t_boost}, {ic.blend} blend, gamma {ic.gamma}"

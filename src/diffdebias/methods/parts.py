@@ -35,7 +35,7 @@ def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | No
 def lff_selection(ctx: Context) -> ImageSet | str:
     """LfF's valid split for model selection: groups from the errors of an ERM model after ``lff.error_epochs``."""
     c = ctx.cfg
-    return selection_valid(ctx, c.lff.valid_groups, "lff.valid_groups", lambda: train_stage(
+    return selection_valid(ctx, lambda: train_stage(
         ctx, "early_erm", replace(c.classifier, epochs=c.lff.error_epochs, select="last", ensemble=1)))
 
 
@@ -48,14 +48,15 @@ def jtt_copies(lambda_up: int, n: int, errors: int) -> int:
     return max(int((n - errors) / errors) - 1, 0) if errors else 0
 
 
-def selection_valid(ctx: Context, groups: str, field: str, early: Callable[[], Trained]) -> ImageSet | str:
+def selection_valid(ctx: Context, early: Callable[[], Trained]) -> ImageSet | str:
     """The valid split that selects a model when ``classifier.select=valid`` uses a group metric (carrying what it
-    was made from). ``errors``: groups are label x misclassified by an ``early`` ERM model (JTT's stage 1: the rule
-    that builds its error set), so no bias label is read; ``true``: the valid split's bias labels (recorded as
-    supervised)."""
-    c = ctx.cfg.classifier
+    was made from), by ``selection.valid_groups``. ``errors``: groups are label x misclassified by an ``early`` ERM
+    model (JTT's stage 1: the rule that builds its error set), so no bias label is read; ``true``: the valid split's
+    bias labels (recorded as supervised). The stage that selects on it is keyed by what the split was made from, so
+    the setting itself need not enter its key."""
+    c, groups = ctx.cfg.classifier, ctx.cfg.selection.valid_groups
     if groups not in VALID_GROUPS:
-        raise ValueError(f"{field} must be one of {', '.join(VALID_GROUPS)}, got '{groups}'")
+        raise ValueError(f"selection.valid_groups must be one of {', '.join(VALID_GROUPS)}, got '{groups}'")
     if c.select != "valid" or c.select_metric not in GROUP_METRICS:
         return "real"
     if groups == "true":

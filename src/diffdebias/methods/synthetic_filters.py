@@ -5,13 +5,13 @@ paper): their black level matched to the real images' (``diffinject.match_black`
 An image whose luminance no longer correlates with its style image's (``similar``), or whose nearest real images
 carry another label (``neighbours``), has lost the structure its label comes from (on Colored MNIST, the digit), and
 such wrong-label images cost the classifier more than the good ones add; ``conflicting`` drops those the GCE-biased
-classifier already assigns to their label, which teach only the shortcut; ``crossfit`` drops those a classifier
-trained without them does not assign to their label (:func:`crossfit_agree`). None reads a bias label."""
+classifier already assigns to their label, which teach only the shortcut. None reads a bias label. (``crossfit``, a
+classifier trained without them judging them, is retired: config.RETIRED_FILTERS.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,8 @@ from ..classifiers.train import predict_logits
 from ..config import DiffInjectConfig
 from ..data.base import ImageSet
 from ..keys import NOTHING, Reads, reads
-from .common import Context, Scores, train_stage
+from .common import Context
 from .content_pools import biased_classifier
-from .final_samplers import error_weighting, upsample_reads, with_synthetic
 
 # ------------------------------------------------------------------------------------------------- black level
 
@@ -91,35 +90,12 @@ def neighbours_agree(images: torch.Tensor, labels: torch.Tensor, real: ImageSet,
     return neighbour_votes(images, real, k).argmax(1) == labels
 
 
-def crossfit_agree(ctx: Context, synthetic: ImageSet, keep: torch.Tensor, errors: torch.Tensor,
-                   ranking: Scores) -> torch.Tensor:
-    """Whether a classifier that never saw a kept synthetic image assigns it its label: the kept images split in two
-    halves (by position), and a classifier on the real images plus one half (the real ``errors`` repeated as in the
-    final classifier) reads the other. An image whose content replaced its style's digit carries a label its picture
-    does not show; the real images teach enough of the digit to expose it, and no bias label or image prior is read.
-    Images outside ``keep`` stay False; ``ranking``: the scores the errors come from."""
-    cfg, d, di = ctx.cfg, ctx.data, ctx.cfg.diffinject
-    index = keep.nonzero().flatten()
-    halves = (index[0::2], index[1::2])
-    agree = torch.zeros(len(synthetic), dtype=torch.bool)
-    scorer = replace(cfg.classifier, epochs=di.crossfit_epochs, ensemble=1)  # a filter: one model each
-    for k, (seen, held) in enumerate((halves, halves[::-1])):
-        train = with_synthetic(d.train, synthetic.subset(seen))
-        what = reads(ranking, upsample_reads(ctx, errors), **keep_key(di), half=k)
-        model = train_stage(ctx, f"crossfit_{k}", scorer, error_weighting(ctx, errors), train=train, what=what).model
-        if len(held):
-            agree[held] = predict_logits(model, synthetic.images[held]).argmax(1) == synthetic.labels[held]
-    return agree
-
-
 @dataclass
 class Candidates:
     """The synthetic images a filter judges, with what the filters read beside them."""
 
     images: ImageSet  # labelled and post-processed, carrying what made them
     style: torch.Tensor  # each image's style image (a training index)
-    errors: torch.Tensor  # the real training samples the ranking model misclassifies (crossfit repeats them)
-    ranking: Scores  # the scores the errors come from
 
 
 @dataclass(frozen=True)
@@ -148,28 +124,20 @@ def keep_conflicting(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[t
     return predict_logits(biased.model, c.images.images).argmax(1) != c.images.labels, reads(biased)
 
 
-def keep_crossfit(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
-    return crossfit_agree(ctx, c.images, kept, c.errors, c.ranking), NOTHING
-
-
 FILTERS: dict[str, Filter] = {  # in the order config.KEEP_FILTERS chains them
     "similar": Filter(keep_similar, ("min_similarity",),
                       lambda di: f"correlation >= {di.min_similarity} with the style image"),
     "neighbours": Filter(keep_neighbours, ("neighbours",),
                          lambda di: f"label of most of the {di.neighbours} nearest real images"),
     "conflicting": Filter(keep_conflicting, (), lambda di: "not assigned to its label by the GCE-biased classifier"),
-    "crossfit": Filter(keep_crossfit, ("crossfit_epochs",), lambda di: f"assigned to its label by a "
-                       f"{di.crossfit_epochs}-epoch classifier trained without it"),
 }
 
 
-def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor, errors: torch.Tensor,
-                   ranking: Scores) -> tuple[torch.Tensor, Reads]:
+def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> tuple[torch.Tensor, Reads]:
     """Boolean mask of the synthetic images the final classifier trains on (``diffinject.keep``: every filter in
     turn), and what chose them: the filters' settings and the stages they read beyond the images (the GCE classifier
-    of ``conflicting``), which the final classifier's key must cover. ``errors`` and ``ranking`` (the scores they
-    come from) serve ``crossfit``."""
-    candidates = Candidates(synthetic, style, errors, ranking)
+    of ``conflicting``), which the final classifier's key must cover."""
+    candidates = Candidates(synthetic, style)
     keep = torch.ones(len(synthetic), dtype=torch.bool)
     chosen_by = reads(**keep_key(ctx.cfg.diffinject))
     for name in ctx.cfg.diffinject.keep_filters():
