@@ -114,3 +114,14 @@ def test_a_string_setting_reads_an_unquoted_yaml_boolean_as_its_word():
     assert load_config(None, ["selection.valid_groups=true"]).selection.valid_groups == "true"
     with pytest.raises(ConfigError, match="selection.valid_groups"):
         load_config(None, ["selection.valid_groups=false"])  # the word, then checked against the choices
+
+
+def test_a_saved_run_config_keeps_its_new_key_over_an_unread_sections_old_default():
+    """Runs saved every section before they saved only their method's: a JTT run's saved DiffInject defaults
+    (``diffinject.content_source: gce``) must not clash with its own ``detection.source: ddb`` when a table compares."""
+    from diffdebias.config import moved
+
+    saved = {"detection": {"source": "ddb"}, "diffinject": {"content_source": "gce"}}
+    assert moved(saved, warn=False, saved=True) == {"detection": {"source": "ddb"}, "diffinject": {}}
+    with pytest.raises(ConfigError, match="diffinject.content_source"):
+        moved(saved, warn=False)  # in a config being loaded, the clash is the user's to resolve

@@ -170,7 +170,7 @@ def finished_runs(table: Table, method: str, ratio: float, log=print) -> tuple[l
         if not (run / "metrics.json").exists():
             continue
         saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-        saved = moved(saved or {}, warn=False)
+        saved = moved(saved or {}, warn=False, saved=True)
         current = method_settings(cell_config(table, method, ratio, seed))
         diff = config_differences(saved, current)
         if diff:

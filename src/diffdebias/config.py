@@ -632,10 +632,12 @@ def _warn(message: str) -> None:
     warnings.warn(message, FutureWarning, stacklevel=3)  # FutureWarning: the deprecation warning users see
 
 
-def moved(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+def moved(data: dict[str, Any], warn: bool = True, saved: bool = False) -> dict[str, Any]:
     """``data`` (a config file's or the overrides' mapping) with every :data:`MOVED` key under its new name, its value
     mapped; a FutureWarning names each old key and its new one (``warn``). An old and a new name (or two old ones)
-    giving one key two values is a ConfigError naming both."""
+    giving one key two values is a ConfigError naming both, except in a run's ``saved`` config: runs saved every
+    section before they saved only their method's, so an old key there may be a default of a section the method never
+    read, and a new key present wins."""
     out = copy.deepcopy(data)
     named_by: dict[str, str] = {}  # new key -> the old key that set it here
     for old, (new, why, values) in MOVED.items():
@@ -651,6 +653,8 @@ def moved(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
         *path, leaf = new.split(".")
         target = _section(out, path, create=True, key=new)
         if leaf in target and target[leaf] != value:
+            if saved:
+                continue
             other = named_by.get(new, new)
             raise ConfigError(f"config keys '{old}' and '{other}' both set '{new}', to {value!r} and "
                               f"{target[leaf]!r} ('{old}' is an old name of '{new}'): keep one")
