@@ -16,6 +16,7 @@ and how the final classifier draws real + synthetic images (:mod:`.final_sampler
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -221,8 +222,7 @@ def run_diffinject(ctx: Context) -> Trained:
     generated = postprocessed(ctx, generated)
     errors = misclassified(scores.pred, d.train.labels)
     keep, chosen_by = kept_synthetic(ctx, generated, pairs["style"])
-    synthetic = generated.subset(keep.nonzero().flatten())
-    synthetic.reads = synthetic.reads | chosen_by  # the filters and what they read chose these images
+    synthetic = replace(generated.subset(keep.nonzero().flatten()), reads=generated.reads | chosen_by)
     if not len(synthetic):
         ctx.run.log(f"warning: diffinject.keep={di.keep}: no synthetic image passes ({keep_words(di)}); the "
                     f"classifier sees the real images only")

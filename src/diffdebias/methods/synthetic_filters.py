@@ -100,26 +100,26 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Filter:
-    """One ``diffinject.keep`` filter: ``keep(ctx, candidates, kept so far)`` gives the mask of the images it keeps
+    """One ``diffinject.keep`` filter: ``keep(ctx, candidates)`` gives the mask of the images it keeps
     and the stages it read beyond the candidates; ``settings`` are the ``diffinject`` fields it reads (its part of
     the stage keys), ``words`` the report's description."""
 
-    keep: Callable[[Context, Candidates, torch.Tensor], tuple[torch.Tensor, Reads]]
+    keep: Callable[[Context, Candidates], tuple[torch.Tensor, Reads]]
     settings: tuple[str, ...]
     words: Callable[[DiffInjectConfig], str]
 
 
-def keep_similar(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
+def keep_similar(ctx: Context, c: Candidates) -> tuple[torch.Tensor, Reads]:
     style_images = ctx.data.train.images[c.style]
     r = pearson(c.images.images.float().mean(1), style_images.float().mean(1))
     return r >= ctx.cfg.diffinject.min_similarity, NOTHING
 
 
-def keep_neighbours(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
+def keep_neighbours(ctx: Context, c: Candidates) -> tuple[torch.Tensor, Reads]:
     return neighbours_agree(c.images.images, c.images.labels, ctx.data.train, ctx.cfg.diffinject.neighbours), NOTHING
 
 
-def keep_conflicting(ctx: Context, c: Candidates, kept: torch.Tensor) -> tuple[torch.Tensor, Reads]:
+def keep_conflicting(ctx: Context, c: Candidates) -> tuple[torch.Tensor, Reads]:
     biased = biased_classifier(ctx)
     return predict_logits(biased.model, c.images.images).argmax(1) != c.images.labels, reads(biased)
 
@@ -141,7 +141,7 @@ def kept_synthetic(ctx: Context, synthetic: ImageSet, style: torch.Tensor) -> tu
     keep = torch.ones(len(synthetic), dtype=torch.bool)
     chosen_by = reads(**keep_key(ctx.cfg.diffinject))
     for name in ctx.cfg.diffinject.keep_filters():
-        mask, more = FILTERS[name].keep(ctx, candidates, keep)
+        mask, more = FILTERS[name].keep(ctx, candidates)
         keep &= mask
         chosen_by = chosen_by | more
     return keep, chosen_by
