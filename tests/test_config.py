@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from diffdebias.config import ConfigError, dump_yaml, load_config
 
@@ -125,3 +126,26 @@ def test_a_saved_run_config_keeps_its_new_key_over_an_unread_sections_old_defaul
     assert moved(saved, warn=False, saved=True) == {"detection": {"source": "ddb"}, "diffinject": {}}
     with pytest.raises(ConfigError, match="diffinject.content_source"):
         moved(saved, warn=False)  # in a config being loaded, the clash is the user's to resolve
+
+
+def test_a_run_config_saved_with_every_section_loads_with_its_methods_own_old_key(tmp_path):
+    """Runs saved every section before they saved only their method's: a DDB run's file holds ``ddb.compare_erm:
+    false`` (what it read) beside ``diffinject.compare_erm: true`` (a default it never read); loading it back (a
+    rerun, benchmarks/amplifier_probe.py) must give DDB's value, not a clash or the other section's, in either
+    order."""
+    from diffdebias.config import SECTIONS
+
+    for method, own, other in (("ddb", False, True), ("diffinject", True, False)):
+        data = {section: {} for section in SECTIONS}
+        data.update(method=method, diffusion={"conditional": method == "ddb"},
+                    ddb={"compare_erm": own if method == "ddb" else other},
+                    diffinject={"compare_erm": own if method == "diffinject" else other})
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.warns(FutureWarning, match="compare_erm"):
+            assert load_config(path).compare.erm is own
+    neither = tmp_path / "erm.yaml"  # a method that reads neither section: the clash is the user's to resolve
+    neither.write_text(yaml.safe_dump({"method": "erm", "ddb": {"compare_erm": False},
+                                       "diffinject": {"compare_erm": True}}))
+    with pytest.raises(ConfigError, match="compare_erm"), pytest.warns(FutureWarning):
+        load_config(neither)

@@ -635,11 +635,16 @@ def _warn(message: str) -> None:
 def moved(data: dict[str, Any], warn: bool = True, saved: bool = False) -> dict[str, Any]:
     """``data`` (a config file's or the overrides' mapping) with every :data:`MOVED` key under its new name, its value
     mapped; a FutureWarning names each old key and its new one (``warn``). An old and a new name (or two old ones)
-    giving one key two values is a ConfigError naming both, except in a run's ``saved`` config: runs saved every
-    section before they saved only their method's, so an old key there may be a default of a section the method never
-    read, and a new key present wins."""
+    giving one key two values is a ConfigError naming both, with two exceptions. Two old names in different sections:
+    the one in the section named after the file's ``method`` wins (the other section is one that method never reads;
+    runs saved every section before they saved only their method's, so their files hold both). And in a run's
+    ``saved`` config a new key present wins over an old one."""
     out = copy.deepcopy(data)
     named_by: dict[str, str] = {}  # new key -> the old key that set it here
+
+    def methods_own(key: str) -> bool:  # an old key in the section named after the file's method
+        return key.split(".")[0] == out.get("method")
+
     for old, (new, why, values) in MOVED.items():
         *path, leaf = old.split(".")
         node = _section(out, path)
@@ -653,11 +658,14 @@ def moved(data: dict[str, Any], warn: bool = True, saved: bool = False) -> dict[
         *path, leaf = new.split(".")
         target = _section(out, path, create=True, key=new)
         if leaf in target and target[leaf] != value:
-            if saved:
+            other = named_by.get(new, new)  # the old key that set it here, or the new key itself
+            if other != new and methods_own(old):
+                pass  # the method's own section's old key wins over another section's
+            elif saved or (other != new and methods_own(other)):
                 continue
-            other = named_by.get(new, new)
-            raise ConfigError(f"config keys '{old}' and '{other}' both set '{new}', to {value!r} and "
-                              f"{target[leaf]!r} ('{old}' is an old name of '{new}'): keep one")
+            else:
+                raise ConfigError(f"config keys '{old}' and '{other}' both set '{new}', to {value!r} and "
+                                  f"{target[leaf]!r} ('{old}' is an old name of '{new}'): keep one")
         target[leaf] = value
         named_by[new] = old
     return out
