@@ -28,17 +28,17 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished DDB run directory with its reference amplifiers")
     parser.add_argument("--bias-model", nargs="+", choices=sorted(STAGES), default=["amplifier", "reference_gce"])
     parser.add_argument("--out", type=Path, required=True,
-                        help="where each classifier is written (an interrupted one resumes from its checkpoint)")
+                        help="where each classifier is written (a finished one is reused, an interrupted one resumes)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the run's config (e.g. classifier.epochs=2 for a quick check)")
     args = parser.parse_args()
 
-    from diffdebias.classifiers.train import predict_logits, train_classifier
+    from diffdebias.classifiers.train import evaluate, load_classifier, train_classifier
     from diffdebias.classifiers.weighting import FixedBiasLossWeights
-    from diffdebias.config import load_config
+    from diffdebias.config import key_dict, load_config
     from diffdebias.data import load_dataset
-    from diffdebias.evaluation.metrics import accuracy_metrics, detection_metrics
-    from diffdebias.runs import Stage, load_tensors
+    from diffdebias.evaluation.metrics import detection_metrics
+    from diffdebias.runs import Stage, config_hash, load_tensors
 
     cfg = load_config(args.run / "config.yaml", args.set)
     d = load_dataset(cfg.data)
@@ -57,10 +57,14 @@ def main() -> None:
         weighting = FixedBiasLossWeights(loss_b, tr.labels, alpha=cfg.lff.alpha, ema=cfg.lff.ema,
                                          normalize=cfg.lff.normalize)
         (args.out / name).mkdir(parents=True, exist_ok=True)
-        stage = Stage(f"recipe2_{name}", args.out / name, "probe", seed=cfg.seed, log=lambda msg: None)
-        model = train_classifier(stage, tr, clf, d.num_classes, weighting=weighting)
-        preds = predict_logits(model, te.images).argmax(1)
-        m = accuracy_metrics(preds, te.labels, te.bias, d.num_classes, d.num_bias)
+        key = config_hash(key_dict(clf), key_dict(cfg.lff), (args.run / STAGES[name] / "DONE").read_text(), cfg.seed)
+        stage = Stage(f"recipe2_{name}", args.out / name, key, seed=cfg.seed, log=lambda msg: None)
+        if stage.done:
+            model = load_classifier(stage, clf)
+        else:
+            model = train_classifier(stage, tr, clf, d.num_classes, weighting=weighting)
+            stage.finish()
+        m = evaluate(model, te, d.num_classes, d.num_bias)
         auroc = detection_metrics(loss_b.numpy(), (scores["pred"] != tr.labels).numpy(), conflicting.numpy())["auroc"]
         history = json.loads((args.out / name / "history.json").read_text())
         w = history[-1]["sample_weights"]

@@ -659,11 +659,9 @@ def moved(data: dict[str, Any], warn: bool = True, saved: bool = False) -> dict[
         target = _section(out, path, create=True, key=new)
         if leaf in target and target[leaf] != value:
             other = named_by.get(new, new)  # the old key that set it here, or the new key itself
-            if other != new and methods_own(old):
-                pass  # the method's own section's old key wins over another section's
-            elif saved or (other != new and methods_own(other)):
-                continue
-            else:
+            if not (other != new and methods_own(old)):  # the method's own old key wins over another section's
+                if saved or methods_own(other):
+                    continue  # what is there stays
                 raise ConfigError(f"config keys '{old}' and '{other}' both set '{new}', to {value!r} and "
                                   f"{target[leaf]!r} ('{old}' is an old name of '{new}'): keep one")
         target[leaf] = value
