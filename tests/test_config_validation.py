@@ -69,6 +69,7 @@ BAD = [
     ("ddb.recipe=foo", "ddb.recipe"),
     ("ddb.reference_epochs=0", "ddb.reference_epochs"),
     ("ddb.bias_temperature=0", "ddb.bias_temperature"),
+    ("ddb.weight_ramp=1.5", "ddb.weight_ramp"),
     # jtt
     ("jtt.epochs_first=0", "jtt.epochs_first"),
     ("jtt.lambda_up=-2", "jtt.lambda_up"),

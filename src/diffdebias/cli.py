@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .devices import is_main, leave_launch
+from .devices import end_processes, is_main, leave_launch
 from .runs import NonFiniteLossError
 from .threads import fair_threads
 
@@ -109,6 +109,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides, seed=args.seed)
         fair_threads(log=None if args.quiet or not is_main() else lambda msg: print(msg, file=sys.stderr))
         run_dir = execute(cfg, args.out, quiet=args.quiet, stage_cache=args.stage_cache)
+        end_processes()
         if is_main():  # of several processes (torchrun), the main one
             print(run_dir / "report.md")
         return 0

@@ -198,10 +198,16 @@ class DDBConfig:
     #   +17 points on Colored MNIST 1 % and -1 to -3.5 on Textured MNIST and Corrupted FMNIST, where the amplifier's
     #   ranking, not W's saturation, is the limit (docs/notebook.md, "Recipe II's saturation";
     #   configs/cmnist/ddb_recipe2_sharp.yaml)
+    weight_ramp: float = added(0.0)  # Recipe II (variant above 0): over this share of the classifier's epochs the
+    #   weights go from uniform to W, (1 - r) + r W with r rising linearly to 1 (k = ceil(share x epochs) epochs,
+    #   r = min(1, (epoch + 1) / k)). 0 is the paper's (W from the first step). A frozen amplifier sets the
+    #   conflicting/aligned weight ratio at ~25x from epoch 0, where LfF's co-trained biased model starts near 1.5x
+    #   and sharpens over training (docs/notebook.md, "A curriculum for Recipe II's frozen weights")
 
     def validate(self, name: str = "ddb") -> DDBConfig:
         choice(f"{name}.recipe", self.recipe, ("groupdro", "lff"))
         positive(f"{name}.bias_temperature", self.bias_temperature)
+        fraction(f"{name}.weight_ramp", self.weight_ramp)
         choice(f"{name}.reference_recipe", self.reference_recipe, ("amplifier", "plain"))
         count(f"{name}.reference_epochs", self.reference_epochs)
         if self.reference_gce_epochs is not None:
@@ -507,6 +513,8 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "ddb.reference_gce_epochs": ("open", "side measurement: the amplifier's epochs"),
     "ddb.reference_recipe": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
     "ddb.bias_temperature": ("paper", f"1: the paper's plain CE (T < 1: {_NB}\"Recipe II's saturation\")"),
+    "ddb.weight_ramp": ("paper", f"0: the paper's W from the first step (> 0: {_NB}\"A curriculum for Recipe II's "
+                                 "frozen weights\")"),
     "jtt.epochs_first": ("open", "JTT has no CMNIST run; its CelebA script uses T = 1"),
     "jtt.lambda_up": ("open", "JTT's CelebA value, middle of its sweep [20, 50, 100]"),
     "selection.valid_groups": ("open", "our choice: early ERM errors, no bias label (true: JTT's protocol)"),

@@ -83,6 +83,23 @@ def barrier() -> None:
         dist.barrier(group=_GROUP)
 
 
+def end_processes() -> None:
+    """Finish a launched run on every process together, then close its process groups (nothing in a single process).
+
+    Without it a process that is done (the others only read stages; the main one still writes the report) exits
+    first and tears its gloo group down at interpreter exit while its peers still hold connections to it, which can
+    abort the process (SIGABRT, "terminate called without an active exception")."""
+    global _GROUP
+    if _GROUP is None:
+        return
+    import torch.distributed as dist
+
+    dist.barrier(group=_GROUP)
+    dist.destroy_process_group(_GROUP)
+    _GROUP = None
+    accelerator().end_training()  # the launcher's default group
+
+
 def shard_sizes(n: int, procs: int) -> list[int]:
     """Sizes of ``procs`` contiguous parts of ``n`` items, the first ones one larger where ``n`` does not divide."""
     return [n // procs + (r < n % procs) for r in range(procs)]

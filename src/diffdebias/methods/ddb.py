@@ -8,6 +8,7 @@ LfF does) are scored with the same detection rule, to measure the paper's centra
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -76,6 +77,21 @@ def bias_loss(ctx: Context, amp: Trained, scores: Scores) -> tuple[torch.Tensor,
     return torch.nn.functional.cross_entropy(logits / t, ctx.data.train.labels, reduction="none"), stage
 
 
+def recipe2_weighting(cfg: Config, loss_b: torch.Tensor, labels: torch.Tensor) -> FixedBiasLossWeights:
+    """Recipe II's weights against a frozen bias model's per-sample losses, from the ``lff`` and ``ddb`` settings."""
+    lf = cfg.lff
+    return FixedBiasLossWeights(loss_b, labels, alpha=lf.alpha, ema=lf.ema, normalize=lf.normalize,
+                                ramp_epochs=math.ceil(cfg.ddb.weight_ramp * cfg.classifier.epochs))
+
+
+def recipe2_settings(cfg: Config) -> dict:
+    """The ``ddb`` settings Recipe II's weights read beyond ``lff``, each only where it is not the paper's (so the
+    paper setting's stage keys stay as they were)."""
+    ddb = cfg.ddb
+    return {k: v for k, v, paper in (("bias_temperature", ddb.bias_temperature, 1),
+                                     ("weight_ramp", ddb.weight_ramp, 0)) if v != paper}
+
+
 def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None = None):
     cfg = ctx.cfg
     labels = ctx.data.train.labels
@@ -88,20 +104,17 @@ def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None =
                         "degenerate: try detection.rule=error_set or quantile")
         return GroupDRO.from_config(labels * 2 + conflicting, cfg.groupdro)
     if cfg.ddb.recipe == "lff":
-        lf = cfg.lff
-        return FixedBiasLossWeights(scores.loss if loss_b is None else loss_b, labels, alpha=lf.alpha, ema=lf.ema,
-                                    normalize=lf.normalize)
+        return recipe2_weighting(cfg, scores.loss if loss_b is None else loss_b, labels)
     raise ValueError(f"unknown ddb.recipe '{cfg.ddb.recipe}' (known: {', '.join(RECIPES)})")
 
 
 def recipe_reads(ctx: Context, loss: Stage) -> Reads:
     """What the recipe's weighting reads: the amplifier's losses (``loss``, the stage they come from) and the
-    recipe's settings (a temperature only when it is not the paper's 1)."""
+    recipe's settings (a temperature or a ramp only where it is not the paper's)."""
     ddb = ctx.cfg.ddb
     if ddb.recipe == "groupdro":
         return reads(loss, recipe=ddb.recipe, detection=ctx.cfg.detection, groupdro=ctx.cfg.groupdro)
-    t = {} if ddb.bias_temperature == 1 else {"bias_temperature": ddb.bias_temperature}
-    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t)
+    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **recipe2_settings(ctx.cfg))
 
 
 def amplification_stage(ctx: Context, syn: Stage) -> dict[str, Any]:
