@@ -1,9 +1,9 @@
 """Is DDB Recipe II limited by its recipe or by its bias model? The same recipe against other frozen bias models.
 
 Takes a finished DDB run that trained the real-data reference amplifiers (``ddb.references=true``) and trains Recipe
-II's target classifier (the run's ``classifier``, ``lff`` and ``ddb.weight_ramp`` settings, the library's training
-loop, W = L_b / (L_b + L_d) through ``methods.ddb.recipe2_weighting``) once per named bias model, each from that
-run's cached per-sample losses:
+II's target classifier (the run's ``classifier`` and ``lff`` settings, the library's training loop, W = L_b / (L_b +
+L_d) through ``methods.ddb.recipe2_weighting``) once per named bias model, each from that run's cached per-sample
+losses:
 ``amplifier`` (the synthetic-trained amplifier, the paper's), ``reference_gce`` (GCE on the real training images, as
 LfF's biased model but trained first and frozen) or ``reference_erm`` (ERM stopped early, as JTT's). Every classifier
 keeps its last epoch (no valid selection: the pseudo-groups would differ per bias model). Printed per bias model: the
@@ -38,7 +38,7 @@ def main() -> None:
     from diffdebias.config import key_dict, load_config
     from diffdebias.data import load_dataset
     from diffdebias.evaluation.metrics import detection_metrics
-    from diffdebias.methods.ddb import recipe2_settings, recipe2_weighting
+    from diffdebias.methods.ddb import recipe2_weighting
     from diffdebias.runs import Stage, config_hash, load_tensors
 
     cfg = load_config(args.run / "config.yaml", args.set)
@@ -51,7 +51,7 @@ def main() -> None:
     clf = dataclasses.replace(cfg.classifier, select="last")
     print(f"{args.run}: {len(tr)} training images, {int(conflicting.sum())} conflicting; Recipe II with "
           f"lff.alpha={cfg.lff.alpha}, ema={cfg.lff.ema}, normalize={cfg.lff.normalize}; last epoch of "
-          f"{clf.epochs}, ddb.weight_ramp={cfg.ddb.weight_ramp}", flush=True)
+          f"{clf.epochs}", flush=True)
     for name in args.bias_model:
         path = args.run / STAGES[name] / "scores.safetensors"
         if not path.exists():
@@ -60,8 +60,7 @@ def main() -> None:
         loss_b = scores["loss"]
         weighting = recipe2_weighting(cfg, loss_b, tr.labels)
         (args.out / name).mkdir(parents=True, exist_ok=True)
-        key = config_hash(key_dict(clf), key_dict(cfg.lff), *([s] if (s := recipe2_settings(cfg)) else []),
-                          (args.run / STAGES[name] / "DONE").read_text(), cfg.seed)
+        key = config_hash(key_dict(clf), key_dict(cfg.lff), (args.run / STAGES[name] / "DONE").read_text(), cfg.seed)
         stage = Stage(f"recipe2_{name}", args.out / name, key, seed=cfg.seed, log=lambda msg: None)
         if stage.done:
             model = load_classifier(stage, clf)

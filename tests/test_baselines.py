@@ -184,6 +184,32 @@ def _batch(index, x, y, step=0):
     return Batch(index=torch.tensor(index), x=x, labels=torch.tensor(y), logits=None, epoch=0, step=step)
 
 
+def test_lff_biased_model_starts_from_given_weights_then_trains():
+    """DDB's ddb.bias_model=trained: f_B starts as the amplifier (its first W reads the amplifier's losses) and takes
+    its own GCE steps from there; without init_b it is a fresh model, as in LfF."""
+    from diffdebias.classifiers.train import default_factory
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1])
+    x = torch.rand(4, 1, 2, 2)
+    cfg = TrainConfig(arch="mlp", lr=1e-2)
+    amp = default_factory(cfg, 2, (1, 2, 2))
+    start = {k: v.clone() for k, v in amp.state_dict().items()}
+    w = LfFJoint(labels, cfg, 2, (1, 2, 2), init_b=start)
+    w.bind(torch.nn.Linear(1, 1), torch.Generator())
+    assert all(torch.equal(w.model_b.state_dict()[k], v) for k, v in start.items())
+    fresh = LfFJoint(labels, cfg, 2, (1, 2, 2))
+    fresh.bind(torch.nn.Linear(1, 1), torch.Generator())
+    assert any(not torch.equal(fresh.model_b.state_dict()[k], v) for k, v in start.items())
+    ld = torch.tensor([0.5, 1.0, 0.2, 0.8])
+    w.loss(ld, _batch([0, 1, 2, 3], x, [0, 0, 1, 1]))
+    lb = cross_entropy(amp(x), labels).detach()
+    nb, nd = lb / torch.stack([lb[:2].max(), lb[2:].max()])[labels], ld / torch.tensor([1.0, 1.0, 0.8, 0.8])
+    assert torch.allclose(w.last_weights, nb / (nb + nd + 1e-8), atol=1e-6)
+    assert any(not torch.equal(w.model_b.state_dict()[k], v) for k, v in start.items())  # then it trains
+    assert all(torch.equal(amp.state_dict()[k], v) for k, v in start.items())  # the amplifier itself is untouched
+
+
 def test_lff_ema_and_class_normalisation_by_hand():
     torch.manual_seed(0)
     labels = torch.tensor([0, 0, 1, 1])

@@ -69,7 +69,7 @@ BAD = [
     ("ddb.recipe=foo", "ddb.recipe"),
     ("ddb.reference_epochs=0", "ddb.reference_epochs"),
     ("ddb.bias_temperature=0", "ddb.bias_temperature"),
-    ("ddb.weight_ramp=1.5", "ddb.weight_ramp"),
+    ("ddb.bias_model=warm", "ddb.bias_model"),
     # jtt
     ("jtt.epochs_first=0", "jtt.epochs_first"),
     ("jtt.lambda_up=-2", "jtt.lambda_up"),
@@ -118,6 +118,18 @@ def test_amplifier_errors_do_not_blame_the_classifier():
         TrainConfig(lr=0).validate("amplifier")
     with pytest.raises(ConfigError, match=r"^classifier\.lr"):
         TrainConfig(lr=0).validate()  # the old call without a name still works
+
+
+def test_a_trained_recipe2_bias_model_needs_the_amplifiers_architecture():
+    """ddb.bias_model=trained starts LfF's biased model (built like the target) from the amplifier: refused at load,
+    before any stage, when the two differ, and with a temperature that only a frozen amplifier's loss has."""
+    ok = ["method=ddb", "diffusion.conditional=true", "ddb.recipe=lff", "ddb.bias_model=trained"]
+    assert load_config(None, ok).ddb.bias_model == "trained"
+    with pytest.raises(ConfigError, match=r"ddb\.bias_model=trained.*classifier\.arch=mlp.*amplifier\.arch=resnet8"):
+        load_config(None, [*ok, "amplifier.arch=resnet8"])
+    with pytest.raises(ConfigError, match=r"ddb\.bias_temperature"):
+        load_config(None, [*ok, "ddb.bias_temperature=0.5"])
+    load_config(None, [*ok[:3], "amplifier.arch=resnet8"])  # the paper's frozen amplifier may be any model
 
 
 @pytest.mark.parametrize("override", ["diffusion.steps=0", "sampling.sampler=euler", "injection.blend=max"])

@@ -223,6 +223,15 @@ def test_label_smoothing_is_retired(tmp_path, section):
         load_config(_as_file(tmp_path / "old.yaml", ["amplifier.loss=gce", f"{section}.label_smoothing=0.1"]))
 
 
+def test_recipe2_weight_ramp_is_retired():
+    """Measured not to help (docs/notebook.md, "A curriculum for Recipe II's frozen weights"): a config that sets it
+    loads, warned, as the paper's Recipe II."""
+    base = CONFIG_ROOT / "cmnist" / "ddb_recipe2.yaml"
+    with pytest.warns(FutureWarning, match=r"ddb\.weight_ramp' is retired"):
+        cfg = load_config(base, ["ddb.weight_ramp=1.0"])
+    assert cfg == load_config(base) and not hasattr(cfg.ddb, "weight_ramp")
+
+
 @pytest.mark.parametrize("keep, now", [("crossfit", "all"), ("similar_crossfit", "similar"),
                                        ("conflicting_crossfit", "conflicting"),
                                        ("similar_neighbours_conflicting_crossfit", "similar_neighbours_conflicting")])

@@ -94,28 +94,6 @@ def test_lff_weights_against_hand_computation():
     assert torch.allclose(plain.last_weights, bias_loss / (bias_loss + ld + 1e-8))
 
 
-def test_recipe2_ramp_mixes_uniform_into_w_then_hands_over():
-    bias_loss = torch.tensor([0.01, 2.0, 0.01, 1.0])
-    labels = torch.tensor([0, 0, 1, 1])
-    ld = torch.tensor([0.5, 1.0, 0.2, 0.8])
-    paper = FixedBiasLossWeights(bias_loss, labels, ema=False, normalize=False)
-    ramped = FixedBiasLossWeights(bias_loss, labels, ema=False, normalize=False, ramp_epochs=4)
-    w = bias_loss / (bias_loss + ld + 1e-8)
-    for epoch, r in ((0, 0.25), (2, 0.75), (3, 1.0), (9, 1.0)):
-        b = Batch(index=torch.arange(4), x=torch.zeros(4), labels=labels, logits=None, epoch=epoch, step=0)
-        paper.loss(ld, b)
-        loss = ramped.loss(ld, b)
-        assert torch.allclose(ramped.last_weights, (1 - r) + r * w)
-        assert math.isclose(float(loss), float((((1 - r) + r * w) * ld).mean()), rel_tol=1e-6)
-        # the diagnostic record holds the weight that multiplied the loss
-        assert torch.allclose(ramped.sample_weights()["weight"], ramped.last_weights)
-        assert torch.allclose(paper.last_weights, w)
-    # early on the ramp flattens the weights: the high-L_BA samples (1, 3) outweigh the others by far less
-    assert (w[1] / w[0]) > 30 and (0.75 + 0.25 * w[1]) / (0.75 + 0.25 * w[0]) < 1.5
-    with pytest.raises(ValueError, match="ramp_epochs"):
-        FixedBiasLossWeights(bias_loss, labels, ramp_epochs=-1)
-
-
 def test_group_dro_reweight_is_importance_weighting():
     groups = torch.tensor([0] * 6 + [1] * 2)  # frequencies 3/4 and 1/4
     w = GroupDRO(groups, eta=0.0, balanced=False, reweight=True)

@@ -198,16 +198,19 @@ class DDBConfig:
     #   +17 points on Colored MNIST 1 % and -1 to -3.5 on Textured MNIST and Corrupted FMNIST, where the amplifier's
     #   ranking, not W's saturation, is the limit (docs/notebook.md, "Recipe II's saturation";
     #   configs/cmnist/ddb_recipe2_sharp.yaml)
-    weight_ramp: float = added(0.0)  # Recipe II (variant above 0): over this share of the classifier's epochs the
-    #   weights go from uniform to W, (1 - r) + r W with r rising linearly to 1 (k = ceil(share x epochs) epochs,
-    #   r = min(1, (epoch + 1) / k)). 0 is the paper's (W from the first step). A frozen amplifier sets the
-    #   conflicting/aligned weight ratio at ~25x from epoch 0, where LfF's co-trained biased model starts near 1.5x
-    #   and sharpens over training (docs/notebook.md, "A curriculum for Recipe II's frozen weights")
+    bias_model: str = added("frozen")  # Recipe II's biased model: frozen (the paper's: the amplifier's per-sample
+    #   losses, fixed) | trained (a variant: LfF's biased model, trained with GCE on the real images beside the
+    #   target, starting from the amplifier's weights; its W follows what it still finds hard, which a frozen model's
+    #   does not; docs/notebook.md, "Recipe II with a biased model that trains on"). trained needs the amplifier and
+    #   the classifier to share an architecture; ddb.bias_temperature does not apply to it
 
     def validate(self, name: str = "ddb") -> DDBConfig:
         choice(f"{name}.recipe", self.recipe, ("groupdro", "lff"))
+        choice(f"{name}.bias_model", self.bias_model, ("frozen", "trained"))
+        if self.bias_model == "trained" and self.bias_temperature != 1:
+            raise ConfigError(f"{name}.bias_temperature rescales a frozen amplifier's loss; with {name}.bias_model="
+                              "trained the biased model's loss is its own: leave the temperature at 1")
         positive(f"{name}.bias_temperature", self.bias_temperature)
-        fraction(f"{name}.weight_ramp", self.weight_ramp)
         choice(f"{name}.reference_recipe", self.reference_recipe, ("amplifier", "plain"))
         count(f"{name}.reference_epochs", self.reference_epochs)
         if self.reference_gce_epochs is not None:
@@ -406,6 +409,9 @@ RETIRED = {
     "classifier.label_smoothing": _SMOOTHING,
     "amplifier.label_smoothing": _SMOOTHING,
     "diffinject.crossfit_epochs": "it set the retired crossfit filter of diffinject.keep",
+    "ddb.weight_ramp": "measured not to help: Recipe II's weights ramped from uniform to W lost 17 points on Colored "
+                       "MNIST 1 % and 1-4 on Corrupted Fashion-MNIST (docs/notebook.md, \"A curriculum for Recipe "
+                       "II's frozen weights\")",
 }
 # diffinject.keep filters that went: a keep chain naming one still loads, with a warning, without it (alone: all)
 RETIRED_FILTERS = {"crossfit": "measured to hurt: it cost about 2 points wherever it was added, dropping the useful "
@@ -513,8 +519,8 @@ PROVENANCE: dict[str, tuple[str, str]] = {
     "ddb.reference_gce_epochs": ("open", "side measurement: the amplifier's epochs"),
     "ddb.reference_recipe": ("open", f"side measurement; {_NB}\"Do real-data amplifiers memorise\""),
     "ddb.bias_temperature": ("paper", f"1: the paper's plain CE (T < 1: {_NB}\"Recipe II's saturation\")"),
-    "ddb.weight_ramp": ("paper", f"0: the paper's W from the first step (> 0: {_NB}\"A curriculum for Recipe II's "
-                                 "frozen weights\")"),
+    "ddb.bias_model": ("paper", f"frozen: the paper's (trained: {_NB}\"Recipe II with a biased model that trains "
+                                "on\")"),
     "jtt.epochs_first": ("open", "JTT has no CMNIST run; its CelebA script uses T = 1"),
     "jtt.lambda_up": ("open", "JTT's CelebA value, middle of its sweep [20, 50, 100]"),
     "selection.valid_groups": ("open", "our choice: early ERM errors, no bias label (true: JTT's protocol)"),
@@ -789,6 +795,12 @@ def validate(cfg: Config) -> Config:
                           f"({cfg.diffusion.num_train_timesteps})")
     if cfg.method == "ddb" and not cfg.diffusion.conditional:
         raise ConfigError("ddb needs a class-conditional diffusion model: set diffusion.conditional=true")
+    a, c = cfg.amplifier, cfg.classifier
+    if cfg.ddb.recipe == "lff" and cfg.ddb.bias_model == "trained" and \
+            (a.arch, a.pretrained, a.input_scale) != (c.arch, c.pretrained, c.input_scale):
+        raise ConfigError(f"ddb.bias_model=trained starts LfF's biased model, built like the target classifier "
+                          f"(classifier.arch={c.arch}), from the amplifier (amplifier.arch={a.arch}): give both the "
+                          "same arch, pretrained and input_scale")
     return cfg
 
 

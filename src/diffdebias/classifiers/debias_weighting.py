@@ -39,12 +39,14 @@ class LfFJoint(DifficultyWeighting):
     gradients.
 
     BiasEnsemble variant (``aligned_mask``): f_B is trained with plain CE on the pseudo bias-aligned samples of the
-    batch only; its EMA is still updated on every sample.
+    batch only; its EMA is still updated on every sample. ``init_b``: f_B starts from these weights instead of a fresh
+    initialisation (DDB's Recipe II with the amplifier as the biased model's start, ``ddb.bias_model=trained``).
     """
 
     def __init__(self, labels: torch.Tensor, cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int],
                  build_model: ModelFactory = default_factory, alpha: float = 0.7, q: float = 0.7, ema: bool = True,
-                 normalize: bool = True, aligned_mask: torch.Tensor | None = None):
+                 normalize: bool = True, aligned_mask: torch.Tensor | None = None,
+                 init_b: dict[str, torch.Tensor] | None = None):
         self.cfg = cfg
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape)
@@ -52,13 +54,17 @@ class LfFJoint(DifficultyWeighting):
         self.q = q
         self.difficulty = RelativeDifficulty(labels, alpha, ema, normalize)
         self.aligned = None if aligned_mask is None else aligned_mask.bool().cpu()
+        self.init_b = init_b
         self.model_b: nn.Module | None = None
         self.optimizer_b: torch.optim.Optimizer | None = None
         self.last_weights: torch.Tensor | None = None
 
     def bind(self, model: nn.Module, generator: torch.Generator) -> None:
         device = next(model.parameters()).device
-        self.model_b = self.build_model(self.cfg, self.num_classes, self.image_shape).to(device)
+        self.model_b = self.build_model(self.cfg, self.num_classes, self.image_shape)
+        if self.init_b is not None:
+            self.model_b.load_state_dict(self.init_b)
+        self.model_b = self.model_b.to(device)
         self.optimizer_b = make_optimizer(self.model_b, self.cfg)
 
     def bias_loss(self, logits_b: torch.Tensor, ce_b: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -269,33 +269,19 @@ class FixedBiasLossWeights(DifficultyWeighting):
 
     LfF's :class:`RelativeDifficulty` with the biased loss fixed: its EMA buffer starts full (an EMA of a constant is
     the constant), so the class-wise maximum of ``L_BA`` is taken over the whole training set from the first batch.
-
-    ``ramp_epochs`` (a variant; 0 is the paper's): a trained, frozen bias model separates the groups from the first
-    step (conflicting/aligned weight ~25x at epoch 0), whereas LfF's biased model learns alongside the target, so its
-    W starts near uniform (~1.5x) and sharpens as it fits the bias. The ramp gives the frozen W the same curriculum:
-    epoch e uses ``(1 - r) + r W`` with ``r = min(1, (e + 1) / ramp_epochs)``, uniform-leaning first, the paper's W
-    from epoch ``ramp_epochs - 1`` on.
     """
 
     def __init__(self, bias_loss: torch.Tensor, labels: torch.Tensor, alpha: float = 0.7, ema: bool = True,
-                 normalize: bool = True, ramp_epochs: int = 0):
-        if ramp_epochs < 0:
-            raise ValueError(f"ramp_epochs must be >= 0, got {ramp_epochs}")
+                 normalize: bool = True):
         self.bias_loss = bias_loss.float().cpu()
         self.difficulty = RelativeDifficulty(labels, alpha, ema, normalize)
         self.difficulty.ema_b.value = self.bias_loss.clone()
         self.difficulty.ema_b.seen[:] = True
-        self.ramp_epochs = ramp_epochs
         self.last_weights: torch.Tensor | None = None
 
     def loss(self, losses: torch.Tensor, batch: Batch) -> torch.Tensor:
         index = batch.index.cpu()
-        w = self.difficulty(index, self.bias_loss[index], losses.detach())
-        if self.ramp_epochs:
-            r = min(1.0, (batch.epoch + 1) / self.ramp_epochs)
-            w = (1 - r) + r * w
-            self.difficulty.weight[index] = w  # the diagnostic record holds the weight that multiplied the loss
-        w = w.to(losses.device)
+        w = self.difficulty(index, self.bias_loss[index], losses.detach()).to(losses.device)
         self.last_weights = w
         return (w * losses).mean()
 

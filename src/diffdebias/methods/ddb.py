@@ -8,7 +8,6 @@ LfF does) are scored with the same detection rule, to measure the paper's centra
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +23,7 @@ from .common import Context, Scores, Trained, evaluate_stage, logits_stage, scor
 from .detection import GROUP_METRICS, SUPERVISED_RULES, identification, with_pseudo_groups
 from .diagnostics import colour_shape_stage, colour_shape_table
 from .generation import load_synthetic
+from .parts import lff_weighting
 
 RECIPES = ("groupdro", "lff")
 
@@ -78,21 +78,12 @@ def bias_loss(ctx: Context, amp: Trained, scores: Scores) -> tuple[torch.Tensor,
 
 
 def recipe2_weighting(cfg: Config, loss_b: torch.Tensor, labels: torch.Tensor) -> FixedBiasLossWeights:
-    """Recipe II's weights against a frozen bias model's per-sample losses, from the ``lff`` and ``ddb`` settings."""
+    """Recipe II's weights against a frozen bias model's per-sample losses, from the ``lff`` settings."""
     lf = cfg.lff
-    return FixedBiasLossWeights(loss_b, labels, alpha=lf.alpha, ema=lf.ema, normalize=lf.normalize,
-                                ramp_epochs=math.ceil(cfg.ddb.weight_ramp * cfg.classifier.epochs))
+    return FixedBiasLossWeights(loss_b, labels, alpha=lf.alpha, ema=lf.ema, normalize=lf.normalize)
 
 
-def recipe2_settings(cfg: Config) -> dict:
-    """The ``ddb`` settings Recipe II's weights read beyond ``lff``, each only where it is not the paper's (so the
-    paper setting's stage keys stay as they were)."""
-    ddb = cfg.ddb
-    return {k: v for k, v, paper in (("bias_temperature", ddb.bias_temperature, 1),
-                                     ("weight_ramp", ddb.weight_ramp, 0)) if v != paper}
-
-
-def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None = None):
+def recipe_weighting(ctx: Context, amp: Trained, scores: Scores, loss_b: torch.Tensor | None = None):
     cfg = ctx.cfg
     labels = ctx.data.train.labels
     if cfg.ddb.recipe == "groupdro":
@@ -103,6 +94,10 @@ def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None =
                         "bias-conflicting, so the pseudo-groups are nearly the classes; a minority this large is "
                         "degenerate: try detection.rule=error_set or quantile")
         return GroupDRO.from_config(labels * 2 + conflicting, cfg.groupdro)
+    if cfg.ddb.recipe == "lff" and cfg.ddb.bias_model == "trained":
+        # LfF's biased model, built like the target (config validation checked the amplifier's architecture
+        # matches), starts from the amplifier's weights
+        return lff_weighting(ctx, ctx.data.train, init_b=amp.model.state_dict())
     if cfg.ddb.recipe == "lff":
         return recipe2_weighting(cfg, scores.loss if loss_b is None else loss_b, labels)
     raise ValueError(f"unknown ddb.recipe '{cfg.ddb.recipe}' (known: {', '.join(RECIPES)})")
@@ -110,11 +105,14 @@ def recipe_weighting(ctx: Context, scores: Scores, loss_b: torch.Tensor | None =
 
 def recipe_reads(ctx: Context, loss: Stage) -> Reads:
     """What the recipe's weighting reads: the amplifier's losses (``loss``, the stage they come from) and the
-    recipe's settings (a temperature or a ramp only where it is not the paper's)."""
+    recipe's settings (a temperature or a biased model that trains on only where they are not the paper's)."""
     ddb = ctx.cfg.ddb
     if ddb.recipe == "groupdro":
         return reads(loss, recipe=ddb.recipe, detection=ctx.cfg.detection, groupdro=ctx.cfg.groupdro)
-    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **recipe2_settings(ctx.cfg))
+    t = {} if ddb.bias_temperature == 1 else {"bias_temperature": ddb.bias_temperature}
+    if ddb.bias_model != "frozen":  # the biased model trains on: the amplifier's weights are its start
+        t = {"bias_model": ddb.bias_model}
+    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t)
 
 
 def amplification_stage(ctx: Context, syn: Stage) -> dict[str, Any]:
@@ -129,7 +127,7 @@ def run_ddb(ctx: Context) -> Trained:
     valid = selection_valid(ctx, amp)
     synthetic = scores["synthetic"]
     loss_b, loss = bias_loss(ctx, amp, synthetic) if cfg.ddb.recipe == "lff" else (None, synthetic.stage)
-    final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, synthetic, loss_b),
+    final = train_stage(ctx, "classifier", cfg.classifier, weighting=recipe_weighting(ctx, amp, synthetic, loss_b),
                         what=recipe_reads(ctx, loss), valid=valid)
 
     metrics = ctx.metrics  # with what the stages recorded

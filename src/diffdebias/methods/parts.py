@@ -25,11 +25,13 @@ def require_ce(cfg: TrainConfig, method: str) -> None:
                          f"got '{cfg.loss}'")
 
 
-def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | None = None) -> LfFJoint:
-    """LfF's weights for a target trained on ``train`` with the ``classifier`` and ``lff`` sections."""
+def lff_weighting(ctx: Context, train: ImageSet, aligned_mask: torch.Tensor | None = None,
+                  init_b: dict[str, torch.Tensor] | None = None) -> LfFJoint:
+    """LfF's weights for a target trained on ``train`` with the ``classifier`` and ``lff`` sections (the biased model
+    from ``init_b`` where given)."""
     c = ctx.cfg
     return LfFJoint(train.labels, c.classifier, ctx.data.num_classes, tuple(train.images.shape[1:]), alpha=c.lff.alpha,
-                    q=c.lff.q, ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned_mask)
+                    q=c.lff.q, ema=c.lff.ema, normalize=c.lff.normalize, aligned_mask=aligned_mask, init_b=init_b)
 
 
 def lff_selection(ctx: Context) -> ImageSet | str:
