@@ -115,7 +115,8 @@ def test_shipped_spec_names_methods_of_its_tables():
         assert row.method in load_table(row.table).methods, (row.table, row.method)
     tables = {Path(row.table).stem for row in rows}
     assert {"recipe2_cmnist", "recipe2_textured_mnist", "recipe2_corrupted_fmnist", "ddb_plugin_cmnist",
-            "ddb_plugin_corrupted_fmnist", "cmnist", "cmnist_ddb16", "cmnist_diffinject_cpu"} <= tables
+            "corrupted_fmnist_1pct", "recipe2_bias_model_cmnist", "recipe2_bias_model_corrupted_fmnist", "cmnist",
+            "cmnist_ddb16", "cmnist_diffinject_cpu"} <= tables
 
 
 def test_results_keep_one_block_and_link_to_notebook_sections_that_exist():
