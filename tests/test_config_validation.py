@@ -130,6 +130,7 @@ def test_a_trained_recipe2_bias_model_needs_the_amplifiers_architecture():
     with pytest.raises(ConfigError, match=r"ddb\.bias_temperature"):
         load_config(None, [*ok, "ddb.bias_temperature=0.5"])
     load_config(None, [*ok[:3], "amplifier.arch=resnet8"])  # the paper's frozen amplifier may be any model
+    load_config(None, ["ddb.recipe=lff", "ddb.bias_model=trained", "amplifier.arch=resnet8"])  # not a DDB run
 
 
 @pytest.mark.parametrize("override", ["diffusion.steps=0", "sampling.sampler=euler", "injection.blend=max"])

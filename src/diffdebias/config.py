@@ -796,8 +796,8 @@ def validate(cfg: Config) -> Config:
     if cfg.method == "ddb" and not cfg.diffusion.conditional:
         raise ConfigError("ddb needs a class-conditional diffusion model: set diffusion.conditional=true")
     a, c = cfg.amplifier, cfg.classifier
-    if cfg.ddb.recipe == "lff" and cfg.ddb.bias_model == "trained" and \
-            (a.arch, a.pretrained, a.input_scale) != (c.arch, c.pretrained, c.input_scale):
+    trained_bias_model = cfg.method == "ddb" and cfg.ddb.recipe == "lff" and cfg.ddb.bias_model == "trained"
+    if trained_bias_model and (a.arch, a.pretrained, a.input_scale) != (c.arch, c.pretrained, c.input_scale):
         raise ConfigError(f"ddb.bias_model=trained starts LfF's biased model, built like the target classifier "
                           f"(classifier.arch={c.arch}), from the amplifier (amplifier.arch={a.arch}): give both the "
                           "same arch, pretrained and input_scale")

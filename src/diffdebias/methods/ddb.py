@@ -109,9 +109,9 @@ def recipe_reads(ctx: Context, loss: Stage) -> Reads:
     ddb = ctx.cfg.ddb
     if ddb.recipe == "groupdro":
         return reads(loss, recipe=ddb.recipe, detection=ctx.cfg.detection, groupdro=ctx.cfg.groupdro)
+    if ddb.bias_model != "frozen":  # the biased model trains on from the amplifier (its temperature is 1)
+        return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, bias_model=ddb.bias_model)
     t = {} if ddb.bias_temperature == 1 else {"bias_temperature": ddb.bias_temperature}
-    if ddb.bias_model != "frozen":  # the biased model trains on: the amplifier's weights are its start
-        t = {"bias_model": ddb.bias_model}
     return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t)
 
 
