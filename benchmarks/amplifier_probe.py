@@ -27,7 +27,7 @@ import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # one line per variant, not a progress bar per epoch (read when tqdm loads)
+os.environ.setdefault("TQDM_DISABLE", "1")  # one line per variant, not a progress bar per epoch
 
 import torch  # noqa: E402
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # before torch, which imports tqdm
+os.environ.setdefault("TQDM_DISABLE", "1")  # no bars: diffdebias.progress reads it at each bar
 
 import torch  # noqa: E402
 

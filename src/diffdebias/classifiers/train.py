@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.base import ImageSet
 from ..devices import accelerator, autocast, gather_parts, my_part, with_parts_gathered
 from ..evaluation.metrics import accuracy_metrics, extra_bias_metrics
+from ..progress import progress_bar
 from ..runs import (
     Stage,
     check_finite,
@@ -179,8 +179,8 @@ def train_classifier(
     labels_all = train.labels
     n = len(train)
     step = start_epoch * math.ceil(n / cfg.batch_size)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=stage.name, initial=start_epoch, total=cfg.epochs, leave=False,
-               disable=not writes)
+    bar = progress_bar(range(start_epoch, cfg.epochs), show=writes, desc=stage.name, initial=start_epoch,
+                       total=cfg.epochs, leave=False)
     for epoch in bar:
         t0 = time.time()
         g = stage.generator("epoch", epoch)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .base import DatasetError, ImageSet, Splits
 from .validate import SPLITS, split_fix, validate_splits
 
@@ -114,11 +114,11 @@ def load_images(files: list[Path], image_size: int | None, channels: int, where_
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if out is not None:
-            for _ in tqdm(_in_order(pool, put, len(files), 2 * workers), total=len(files), desc="images",
-                          leave=False):
+            for _ in progress_bar(_in_order(pool, put, len(files), 2 * workers), total=len(files),
+                                  desc="images", leave=False):
                 pass
             return torch.from_numpy(out)
-        arrays = list(tqdm(pool.map(load, range(len(files))), total=len(files), desc="images", leave=False))
+        arrays = list(progress_bar(pool.map(load, range(len(files))), total=len(files), desc="images", leave=False))
     shapes = Counter(a.shape for a in arrays)
     if len(shapes) > 1:
         common = shapes.most_common(1)[0][0]

@@ -21,8 +21,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .config import BLENDS, InjectionConfig
 from .models import autocast, resolve_precision, unwrap
 from .updates import ddim_step, per_image_noise, predicted_x0
@@ -204,7 +204,7 @@ def invert(
     enc, dec = unet_halves(compiled)
     x = x0.float()
     recorded: dict[int, torch.Tensor] = {}
-    for i, j in tqdm(list(zip(grid[:-1], grid[1:])), desc="inversion", leave=False, disable=not progress):
+    for i, j in progress_bar(list(zip(grid[:-1], grid[1:])), show=progress, desc="inversion", leave=False):
         with autocast(precision, x.device):
             h, skips, emb = enc(model, x, i)
             eps = dec(model, h, skips, emb)
@@ -249,7 +249,7 @@ def inject(
     x = x_T.float()
     steps = list(reversed(grid))
     keys = sorted(content_h)
-    for k, i in enumerate(tqdm(steps, desc="injection", leave=False, disable=not progress)):
+    for k, i in enumerate(progress_bar(steps, show=progress, desc="injection", leave=False)):
         j = steps[k + 1] if k + 1 < len(steps) else -1
         abar_t, abar_prev = _abar(alphas_cumprod, i), _abar(alphas_cumprod, j)
         with autocast(precision, x.device):

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..devices import cpu_workers, map_batches
+from ..progress import progress_bar
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .images import to_uint8
 from .models import autocast, model_config, model_num_classes, null_label, pad_rows, resolve_precision
@@ -168,7 +168,7 @@ def sample(
     precision = resolve_precision(cfg.precision, device)
     net = _prepare(model, device, cfg.compile)
     out = torch.empty((n, *shape), dtype=torch.uint8)
-    bar = tqdm(total=n * len(ts), unit="img-step", desc="sampling", disable=not progress, leave=False)
+    bar = progress_bar(show=progress, total=n * len(ts), unit="img-step", desc="sampling", leave=False)
 
     def padded(rows: torch.Tensor) -> torch.Tensor:  # compiled: fixed shapes avoid recompiling
         return pad_rows(rows, cfg.batch_size) if cfg.compile else rows

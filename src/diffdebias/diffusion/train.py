@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from ..runs import Stage, check_finite, load_resumable_shared, load_state, save_state, write_json
 from .config import DiffusionConfig, DiffusionConfigError, SamplingConfig
 from .images import class_grid, make_grid_image, save_png, to_unit
@@ -173,7 +173,7 @@ def train_diffusion(
 
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     writer = _writer(stage, step) if main else None
-    bar = tqdm(total=cfg.steps, initial=step, desc="diffusion", unit="step", disable=not (progress and main))
+    bar = progress_bar(show=progress and main, total=cfg.steps, initial=step, desc="diffusion", unit="step")
     window_loss = torch.zeros((), device=device)
     window_n, window_t0, t_start, start_step = 0, time.perf_counter(), time.perf_counter(), step
     while step < end:

@@ -21,12 +21,12 @@ from functools import partial
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import key_dict
 from ..data.base import ImageSet
 from ..devices import accelerator, cpu_workers, gather_parts, launched, map_batches, my_part
 from ..keys import Source, reads
+from ..progress import progress_bar
 from ..runs import Stage, chunked, load_resumable_shared, load_tensors, save_tensors
 from .common import Context, Scores, Trained, evaluate_stage, train_stage
 from .content_pools import POOLS, RANKINGS, misclassified, purity
@@ -145,7 +145,7 @@ def injection_stage(ctx: Context, diffusion: Stage, pool: torch.Tensor, ranking:
         n = len(pairs["style"])
         stage.log(f"{stage.name}: {n} images, {len(grid)} steps, t_edit {icfg.t_edit}, gamma {icfg.gamma}, {precision}")
         # pairs done, each an inversion + an injected generation
-        bar = tqdm(total=n, desc="injection", unit="img", disable=not main)
+        bar = progress_bar(show=main, total=n, desc="injection", unit="img")
         empty = torch.empty((0, *d.train.images.shape[1:]), dtype=torch.uint8)
 
         def one_batch(s: int, stop: int) -> torch.Tensor:  # pairs s..min(s + bs, stop); the same for any workers
