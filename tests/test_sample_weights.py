@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from diffdebias.classifiers.debias_weighting import LfFJoint
 from diffdebias.classifiers.train import train_classifier
@@ -64,7 +65,8 @@ def test_record_per_epoch_matches_the_weights_that_multiplied_the_losses(kind, t
     assert len(history) == CFG.epochs
     for h in history:
         sw = h["sample_weights"]
-        assert set(sw) == {f"{g}_{k}" for g in ("aligned", "conflicting") for k in STATS} | {"ratio"}
+        ranking = {"ratio", "auroc", "auroc_loss_b"}
+        assert set(sw) == {f"{g}_{k}" for g in ("aligned", "conflicting") for k in STATS} | ranking
         assert sw["aligned_count"] == 84 and sw["conflicting_count"] == 12
         for g in ("aligned", "conflicting"):
             assert 0 <= sw[f"{g}_p10"] <= sw[f"{g}_median"] <= sw[f"{g}_p90"] <= 1
@@ -80,6 +82,9 @@ def test_record_per_epoch_matches_the_weights_that_multiplied_the_losses(kind, t
     assert math.isclose(last["conflicting_mean"], mean_c, rel_tol=1e-12)
     assert math.isclose(last["ratio"], mean_c / mean_a, rel_tol=1e-12)
     assert math.isclose(last["conflicting_median"], float(applied[~aligned].double().quantile(0.5)), rel_tol=1e-12)
+    assert math.isclose(last["auroc"], roc_auc_score((~aligned).numpy(), applied.double().numpy()), rel_tol=1e-12)
+    assert math.isclose(last["auroc_loss_b"], roc_auc_score((~aligned).numpy(), state["loss_b_ema"].double().numpy()),
+                        rel_tol=1e-12)
     d = w.difficulty
     assert math.isclose(last["conflicting_loss_d_ema"], float(d.ema_d.value[~aligned].double().mean()), rel_tol=1e-9)
     assert math.isclose(last["aligned_loss_b_ema"], float(d.ema_b.value[aligned].double().mean()), rel_tol=1e-9)
@@ -119,6 +124,14 @@ def test_section_draws_the_figure_and_states_the_last_ratio(tmp_path):
     assert path.stat().st_size > 0
     assert "Last epoch (2)" in "\n".join(lines) and "**2x**" in "\n".join(lines)
     assert "figures/sample_weights.png" in lines[-2]
+    assert "AUROC" not in "\n".join(lines)  # a record made before the ranking was kept
+
+    ranked = [rec(0, 0.4, 0.5), rec(1, 0.3, 0.6)]
+    for r, (w, b) in zip(ranked, ((0.61, 0.7), (0.93, 0.875))):
+        r["sample_weights"].update(auroc=w, auroc_loss_b=b)
+    text = "\n".join(sample_weights_section(ranked, path))
+    assert "AUROC of W for the conflicting samples 0.6100 (first epoch) -> 0.9300 (last)" in text
+    assert "of the biased model's loss 0.7000 -> 0.8750" in text
     assert sample_weights_section([{"epoch": 0, "train_loss": 1.0}], tmp_path / "none.png") == []
     assert not (tmp_path / "none.png").exists()
 

@@ -236,8 +236,10 @@ def sample_weight_record(values: dict[str, torch.Tensor], aligned: torch.Tensor)
     """Summary of per-sample weights (:meth:`RelativeDifficulty.sample_weights`) over the bias-aligned and the
     bias-conflicting samples (``aligned``, over the whole training set): for each group its count, mean, median,
     10th and 90th percentile of W (linear interpolation), and the mean of each loss of :data:`SAMPLE_WEIGHT_LOSSES`;
-    and ``ratio`` = mean W conflicting / mean W aligned, the effective upweighting (where both groups are present).
-    Samples never visited yet are left out."""
+    ``ratio`` = mean W conflicting / mean W aligned, the effective upweighting; and how well W and the biased model's
+    loss (``loss_b_ema``) rank the conflicting samples above the aligned ones, ``auroc`` and ``auroc_loss_b`` (the
+    detection a recipe's weights amount to). The last three where both groups are present. Samples never visited yet
+    are left out."""
     kept = values["kept"]
     out: dict[str, float | int] = {}
     means = {}
@@ -250,8 +252,14 @@ def sample_weight_record(values: dict[str, torch.Tensor], aligned: torch.Tensor)
         means[group] = float(w.mean())
         out.update({f"{group}_mean": means[group], f"{group}_median": p50, f"{group}_p10": p10, f"{group}_p90": p90})
         out.update({f"{group}_{k}": float(values[k][mask].double().mean()) for k in SAMPLE_WEIGHT_LOSSES})
-    if len(means) == 2 and means["aligned"] > 0:
-        out["ratio"] = means["conflicting"] / means["aligned"]
+    if len(means) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        conflicting = (~aligned[kept]).numpy()
+        if means["aligned"] > 0:
+            out["ratio"] = means["conflicting"] / means["aligned"]
+        out["auroc"] = float(roc_auc_score(conflicting, values["weight"][kept].double().numpy()))
+        out["auroc_loss_b"] = float(roc_auc_score(conflicting, values["loss_b_ema"][kept].double().numpy()))
     return out
 
 

@@ -122,8 +122,18 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[st
             f"{s['aligned_mean']:.4g} = **{s['ratio']:.3g}x** effective upweighting. Class-max normalised losses "
             f"that form W: L_b (biased model or amplifier) conflicting {s['conflicting_loss_b']:.3g}, aligned "
             f"{s['aligned_loss_b']:.3g}; L_d (target) conflicting {s['conflicting_loss_d']:.3g}, aligned "
-            f"{s['aligned_loss_d']:.3g}. The training never reads the bias labels: they only split this record.", "",
+            f"{s['aligned_loss_d']:.3g}.{_ranking(sw)} The training never reads the bias labels: they only split "
+            "this record.", "",
             f"![sample weights](figures/{path.name})", ""]
+
+
+def _ranking(sw: list[dict[str, Any]]) -> str:
+    """How well W and the biased model's loss rank the conflicting samples first, at the first and last epoch (runs
+    made before the record had it: nothing)."""
+    if "auroc" not in sw[-1]:
+        return ""
+    return (f" AUROC of W for the conflicting samples {sw[0]['auroc']:.4f} (first epoch) -> {sw[-1]['auroc']:.4f} "
+            f"(last); of the biased model's loss {sw[0]['auroc_loss_b']:.4f} -> {sw[-1]['auroc_loss_b']:.4f}.")
 
 
 def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
