@@ -130,8 +130,12 @@ def test_section_draws_the_figure_and_states_the_last_ratio(tmp_path):
     for r, (w, b) in zip(ranked, ((0.61, 0.7), (0.93, 0.875))):
         r["sample_weights"].update(auroc=w, auroc_loss_b=b)
     text = "\n".join(sample_weights_section(ranked, path))
-    assert "AUROC of W for the conflicting samples 0.6100 (first epoch) -> 0.9300 (last)" in text
+    assert "AUROC of W for the conflicting samples 0.6100 (first epoch recorded) -> 0.9300 (last)" in text
     assert "of the biased model's loss 0.7000 -> 0.8750" in text
+    # a run resumed across the version that added the record: its first epochs lack it
+    del ranked[0]["sample_weights"]["auroc"], ranked[0]["sample_weights"]["auroc_loss_b"]
+    text = "\n".join(sample_weights_section(ranked, path))
+    assert "AUROC of W for the conflicting samples 0.9300 (first epoch recorded) -> 0.9300 (last)" in text
     assert sample_weights_section([{"epoch": 0, "train_loss": 1.0}], tmp_path / "none.png") == []
     assert not (tmp_path / "none.png").exists()
 

@@ -128,12 +128,15 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[st
 
 
 def _ranking(sw: list[dict[str, Any]]) -> str:
-    """How well W and the biased model's loss rank the conflicting samples first, at the first and last epoch (runs
-    made before the record had it: nothing)."""
-    if "auroc" not in sw[-1]:
+    """How well W and the biased model's loss rank the conflicting samples first, at the first and last epoch that
+    recorded it (a run resumed across the version that added the record has it from some epoch on; older: nothing)."""
+    ranked = [s for s in sw if "auroc" in s]
+    if not ranked:
         return ""
-    return (f" AUROC of W for the conflicting samples {sw[0]['auroc']:.4f} (first epoch) -> {sw[-1]['auroc']:.4f} "
-            f"(last); of the biased model's loss {sw[0]['auroc_loss_b']:.4f} -> {sw[-1]['auroc_loss_b']:.4f}.")
+    first, last = ranked[0], ranked[-1]
+    return (f" AUROC of W for the conflicting samples {first['auroc']:.4f} (first epoch recorded) -> "
+            f"{last['auroc']:.4f} (last); of the biased model's loss {first['auroc_loss_b']:.4f} -> "
+            f"{last['auroc_loss_b']:.4f}.")
 
 
 def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
