@@ -88,6 +88,33 @@ def test_block_holds_the_means_of_the_run_folders_and_nothing_else_changes(board
     assert out.read_text() == text
 
 
+def test_cells_without_run_folders_here_keep_the_earlier_values_marked(board):
+    """A fresh machine has no run folders: regenerating must not erase what earlier machines collected."""
+    spec, out = board
+    update(spec, out)
+    first = out.read_text()
+    # the block as an earlier machine left it: `never` ran there (supervised), and main's lff had a 5 % value
+    earlier = first.replace("| LfF (`never`) | paper (not run here) | — |",
+                            "| LfF (*supervised*) (`never`) | *supervised*; paper (not run here) | "
+                            "81.00 ± 1.00 (3 seeds) |")
+    earlier = earlier.replace("(2 seeds) | 74.23 | — | 85.33 |", "(2 seeds) | 74.23 | 88.00 (1 seed) | 85.33 |")
+    earlier = earlier.replace("| Vanilla (`main`) | paper | 35.00 ± 5.00 (3 seeds) | 32.59 | — |",
+                              "| Vanilla (`main`) | paper | 35.00 ± 5.00 (3 seeds) | 32.59 | 90.00 (1 seed) |")
+    assert earlier.count("81.00") == earlier.count("88.00") == earlier.count("90.00") == 1
+    out.write_text(earlier)
+    update(spec, out)
+    block = out.read_text()
+    assert "| LfF (*supervised*) (`never`) | *supervised*; paper (not run here) | 81.00 ± 1.00 (3 seeds) † | 74.23 |" \
+        in block
+    assert "| 74.23 | 88.00 (1 seed) † | 85.33 |" in block  # no run folder here for main's lff at 5 %
+    assert "90.00" not in block  # main's erm at 5 % has a (stale) run here: not replaced by the earlier value
+    assert "† Collected on an earlier machine" in block
+    update(spec, out)  # idempotent: the mark is not doubled
+    assert out.read_text() == block
+    assert main(["scoreboard", str(spec), "--out", str(out), "--here-only"]) == 0
+    assert out.read_text() == first
+
+
 def test_missing_markers_are_an_error_and_leave_the_file(board, capsys):
     spec, out = board
     for broken in (f"{HEAD}no block{TAIL}", f"{HEAD}{END}\n{BEGIN}{TAIL}", f"{HEAD}{BEGIN}\n{TAIL}"):

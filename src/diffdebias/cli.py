@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scoreboard YAML (default: configs/scoreboard.yaml)")
     board.add_argument("--out", default="docs/results.md", help="markdown file whose block between "
                        "<!-- scoreboard:begin --> and <!-- scoreboard:end --> is rewritten (default: docs/results.md)")
+    board.add_argument("--here-only", action="store_true", help="cells with no run folder on this machine become "
+                       "dashes instead of keeping the values the block held (marked †)")
 
     report = sub.add_parser("report", parents=[debug], help="(re)write report.md of a run directory")
     report.add_argument("run_dir")
@@ -129,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "scoreboard":
         from .scoreboard import update
 
-        print(update(args.spec, args.out, log=lambda msg: print(msg, file=sys.stderr)))
+        print(update(args.spec, args.out, log=lambda msg: print(msg, file=sys.stderr), keep_earlier=not args.here_only))
         return 0
     if args.command == "report":
         from .evaluation.report import write_report

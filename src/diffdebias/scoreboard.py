@@ -2,12 +2,15 @@
 
 A spec (``configs/scoreboard.yaml``) names rows of bench tables with their settings label; :func:`update` collects
 every table once with :func:`bench.collect` and rewrites only the block between :data:`BEGIN` and :data:`END` of the
-output file, so the hand-written text around it stays and the block says what the run folders on this machine hold.
+output file, so the hand-written text around it stays. A cell with no run folder on this machine keeps the value the
+block held before, marked :data:`EARLIER` (machines come and go; their numbers should not), unless asked for this
+machine's runs only.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from .runs import write_text
 
 BEGIN, END = "<!-- scoreboard:begin -->", "<!-- scoreboard:end -->"
 DEFAULT_SPEC, DEFAULT_OUT = "configs/scoreboard.yaml", "docs/results.md"
+EARLIER = "†"  # marks a cell kept from the previous block: collected on a machine whose run folders are not here
+SUPERVISED_NAME, SUPERVISED_SETTINGS = " (*supervised*)", "*supervised*; "
 
 
 @dataclass
@@ -72,9 +77,36 @@ def _has_runs(table: Table) -> bool:
     return any(table.run_dir(*cell).exists() for cell in table.cells())
 
 
-def render_block(spec: str | Path, log=print) -> str:
+def _row_key(name: str, settings: str) -> tuple[str, str]:
+    """A row's identity across regenerations: its name column and settings, without the supervised marks."""
+    return name.replace(SUPERVISED_NAME, ""), settings.removeprefix(SUPERVISED_SETTINGS)
+
+
+def earlier_cells(block: str) -> dict[tuple[tuple[str, str], str], tuple[str, bool]]:
+    """The "ours" cells of a previous block that hold a number: (row key, column label) -> (text, supervised)."""
+    cells: dict[tuple[tuple[str, str], str], tuple[str, bool]] = {}
+    labels: list[str] = []
+    for line in block.splitlines():
+        parts = [p.strip() for p in re.split(r"(?<!\\)\|", line.strip())[1:-1]] if line.startswith("|") else []
+        if len(parts) < 2 or parts[0].startswith("---"):
+            labels = labels if parts else []
+            continue
+        if parts[:2] == ["method", "settings"]:
+            labels = parts
+            continue
+        key = _row_key(parts[0], parts[1])
+        for label, text in zip(labels[2:], parts[2:]):
+            if label.endswith(" ours") and text != "—":
+                cells[key, label] = (text, parts[1].startswith(SUPERVISED_SETTINGS))
+    return cells
+
+
+def render_block(spec: str | Path, log=print, earlier: str = "") -> str:
     """One markdown table per dataset: method | settings | ours and published at each ratio of its rows' tables;
-    then the tables with no run folder here and those whose finished runs were left out as stale."""
+    then the tables with no run folder here and those whose finished runs were left out as stale. A cell with no run
+    here, finished or stale, keeps its value from ``earlier`` (the previous block), marked :data:`EARLIER`."""
+    kept = earlier_cells(earlier)
+    marked = False
     rows, headings = load_spec(spec)
     tables: dict[str, Table] = {}
     cells: dict[str, dict[tuple[str, float], dict[str, Any]]] = {}
@@ -100,14 +132,22 @@ def render_block(spec: str | Path, log=print) -> str:
         for row in group:
             found = [cells[row.table].get((row.method, r)) for r in ratios]
             supervised = any(c["supervised"] for c in found if c)
+            key = _row_key(f"{row.name} (`{tables[row.table].name}`)", row.settings.replace("|", "\\|"))
             texts = []
-            for c in found:
+            for r, c in zip(ratios, found):
                 pub = c["published"] if c else None
-                texts += [_ours(c, main) if c else "—", "—" if pub is None else f"{pub:.2f}"]
-            name = f"{row.name} (*supervised*)" if supervised else row.name
-            settings = ("*supervised*; " if supervised else "") + row.settings.replace("|", "\\|")
+                text = _ours(c, main) if c else "—"
+                if c and not c["seeds"] and not c["stale"] and (old := kept.get((key, f"{100 * r:g} % ours"))):
+                    text = old[0] if old[0].endswith(EARLIER) else f"{old[0]} {EARLIER}"
+                    supervised, marked = supervised or old[1], True
+                texts += [text, "—" if pub is None else f"{pub:.2f}"]
+            name = f"{row.name}{SUPERVISED_NAME}" if supervised else row.name
+            settings = (SUPERVISED_SETTINGS if supervised else "") + row.settings.replace("|", "\\|")
             md.append(f"| {name} (`{tables[row.table].name}`) | {settings} | " + " | ".join(texts) + " |")
         md.append("")
+    if marked:
+        md += [f"{EARLIER} Collected on an earlier machine: this one has no run folder for the cell (the bench command "
+               "of its table reproduces it).", ""]
     absent = [path for path, table in tables.items() if not _has_runs(table)]
     if absent:
         md += ["Not collected here (no run folders): " + ", ".join(f"`{p}`" for p in absent) + ".", ""]
@@ -118,14 +158,16 @@ def render_block(spec: str | Path, log=print) -> str:
     return "\n".join(md)
 
 
-def update(spec: str | Path = DEFAULT_SPEC, out: str | Path = DEFAULT_OUT, log=print) -> Path:
-    """Rewrite the block between the markers of ``out`` (atomically); the rest of the file stays byte for byte."""
+def update(spec: str | Path = DEFAULT_SPEC, out: str | Path = DEFAULT_OUT, log=print,
+           keep_earlier: bool = True) -> Path:
+    """Rewrite the block between the markers of ``out`` (atomically); the rest of the file stays byte for byte.
+    ``keep_earlier``: cells with no run folder here keep the block's previous values (marked); off, they are dashes."""
     out = Path(out)
     text = out.read_text()
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise ConfigError(f"{out}: needs one '{BEGIN}' line and, after it, one '{END}' line: the scoreboard "
                           "replaces what lies between them; add them where the scoreboard goes")
     head, rest = text.split(BEGIN)
-    tail = rest.split(END)[1]
-    write_text(out, f"{head}{BEGIN}\n{render_block(spec, log)}{END}{tail}")
+    old, tail = rest.split(END)
+    write_text(out, f"{head}{BEGIN}\n{render_block(spec, log, old if keep_earlier else '')}{END}{tail}")
     return out
