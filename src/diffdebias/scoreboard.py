@@ -3,8 +3,8 @@
 A spec (``configs/scoreboard.yaml``) names rows of bench tables with their settings label; :func:`update` collects
 every table once with :func:`bench.collect` and rewrites only the block between :data:`BEGIN` and :data:`END` of the
 output file, so the hand-written text around it stays. A cell with no run folder on this machine keeps the value the
-block held before, marked :data:`EARLIER` (machines come and go; their numbers should not), unless asked for this
-machine's runs only.
+block held before when this machine has neither a finished nor a stale run for it, marked :data:`EARLIER`
+(machines come and go; their numbers should not), unless asked for this machine's runs only.
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ def _has_runs(table: Table) -> bool:
     return any(table.run_dir(*cell).exists() for cell in table.cells())
 
 
+def _ours_label(ratio: float) -> str:
+    """The column of our numbers at ``ratio``: the header written and the key earlier values are read back by."""
+    return f"{100 * ratio:g} % ours"
+
+
 def _row_key(name: str, settings: str) -> tuple[str, str]:
     """A row's identity across regenerations: its name column and settings, without the supervised marks."""
     return name.replace(SUPERVISED_NAME, ""), settings.removeprefix(SUPERVISED_SETTINGS)
@@ -103,8 +108,8 @@ def earlier_cells(block: str) -> dict[tuple[tuple[str, str], str], tuple[str, bo
 
 def render_block(spec: str | Path, log=print, earlier: str = "") -> str:
     """One markdown table per dataset: method | settings | ours and published at each ratio of its rows' tables;
-    then the tables with no run folder here and those whose finished runs were left out as stale. A cell with no run
-    here, finished or stale, keeps its value from ``earlier`` (the previous block), marked :data:`EARLIER`."""
+    then the tables with no run folder here and those whose finished runs were left out as stale. A cell with neither
+    a finished nor a stale run here keeps its value from ``earlier`` (the previous block), marked :data:`EARLIER`."""
     kept = earlier_cells(earlier)
     marked = False
     rows, headings = load_spec(spec)
@@ -127,22 +132,23 @@ def render_block(spec: str | Path, log=print, earlier: str = "") -> str:
         md += [f"### {headings.get(dataset, dataset)}", "",
                f"Test {METRIC_NAMES.get(main, main)} (%), ours (mean ± std over the finished seeds) beside the "
                "published number:", "",
-               "| method | settings | " + " | ".join(f"{100 * r:g} % ours | pub." for r in ratios) + " |",
+               "| method | settings | " + " | ".join(f"{_ours_label(r)} | pub." for r in ratios) + " |",
                "|---|---|" + "---|---|" * len(ratios)]
         for row in group:
             found = [cells[row.table].get((row.method, r)) for r in ratios]
             supervised = any(c["supervised"] for c in found if c)
-            key = _row_key(f"{row.name} (`{tables[row.table].name}`)", row.settings.replace("|", "\\|"))
+            label, escaped = f"{row.name} (`{tables[row.table].name}`)", row.settings.replace("|", "\\|")
+            key = _row_key(label, escaped)
             texts = []
             for r, c in zip(ratios, found):
                 pub = c["published"] if c else None
                 text = _ours(c, main) if c else "—"
-                if c and not c["seeds"] and not c["stale"] and (old := kept.get((key, f"{100 * r:g} % ours"))):
+                if c and not c["seeds"] and not c["stale"] and (old := kept.get((key, _ours_label(r)))):
                     text = old[0] if old[0].endswith(EARLIER) else f"{old[0]} {EARLIER}"
                     supervised, marked = supervised or old[1], True
                 texts += [text, "—" if pub is None else f"{pub:.2f}"]
             name = f"{row.name}{SUPERVISED_NAME}" if supervised else row.name
-            settings = (SUPERVISED_SETTINGS if supervised else "") + row.settings.replace("|", "\\|")
+            settings = (SUPERVISED_SETTINGS if supervised else "") + escaped
             md.append(f"| {name} (`{tables[row.table].name}`) | {settings} | " + " | ".join(texts) + " |")
         md.append("")
     if marked:
