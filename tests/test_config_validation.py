@@ -70,8 +70,6 @@ BAD = [
     ("ddb.reference_epochs=0", "ddb.reference_epochs"),
     ("ddb.bias_temperature=0", "ddb.bias_temperature"),
     ("ddb.bias_model=warm", "ddb.bias_model"),
-    ("ddb.flagged_share=1", "ddb.flagged_share"),
-    ("ddb.flagged_share=0", "ddb.flagged_share"),
     # jtt
     ("jtt.epochs_first=0", "jtt.epochs_first"),
     ("jtt.lambda_up=-2", "jtt.lambda_up"),

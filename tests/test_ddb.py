@@ -94,24 +94,6 @@ def test_ddb_end_to_end_both_recipes_share_stages(tmp_path, fake_mnist, capsys):
     frozen = history[-1]["sample_weights"]
     assert trained["aligned_loss_b_ema"] != pytest.approx(frozen["aligned_loss_b_ema"], rel=1e-3)
 
-    # bounding the flagged samples' share of the weight (a variant): with the oracle rule the flagged set is the
-    # conflicting group, whose share of the last W falls to the bound; a new classifier stage, the amplifier reused,
-    # and a run whose flags read the bias labels is supervised
-    def share(w):
-        conflicting = w["conflicting_count"] * w["conflicting_mean"]
-        return conflicting / (conflicting + w["aligned_count"] * w["aligned_mean"])
-
-    capsys.readouterr()
-    assert main(["run", "configs/cmnist/ddb.yaml", "--out", str(out), "--set", f"data.mnist_path={fake_mnist}",
-                 "--set", "data.conflict_ratio=0.05", *TINY, "--set", "ddb.recipe=lff",
-                 "--set", "ddb.bias_model=trained", "--set", "ddb.flagged_share=0.01",
-                 "--set", "detection.rule=oracle"]) == 0
-    log = capsys.readouterr().out
-    assert "stage amplifier: done, skipped" in log and "stage classifier: running" in log
-    bounded = json.loads((out / "classifier" / "history.json").read_text())[-1]["sample_weights"]
-    assert share(trained) > 0.03 and share(bounded) == pytest.approx(0.01, abs=0.003)
-    assert json.loads((out / "metrics.json").read_text())["supervised"] is True
-
 
 def test_recipe_stage_reruns_but_diffusion_is_reused(tmp_path, fake_mnist, capsys):
     from diffdebias.config import load_config

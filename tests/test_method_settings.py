@@ -223,13 +223,14 @@ def test_label_smoothing_is_retired(tmp_path, section):
         load_config(_as_file(tmp_path / "old.yaml", ["amplifier.loss=gce", f"{section}.label_smoothing=0.1"]))
 
 
-def test_recipe2_weight_ramp_is_retired():
-    """Measured not to help (docs/notebook.md, "A curriculum for Recipe II's frozen weights"): a config that sets it
-    loads, warned, as the paper's Recipe II."""
+@pytest.mark.parametrize("key, value", [("weight_ramp", "1.0"), ("flagged_share", "0.5")])
+def test_retired_recipe2_knobs_load_warned_as_the_papers_recipe(key, value):
+    """Measured not to help (docs/notebook.md, "A curriculum for Recipe II's frozen weights" and "Bounding the flagged
+    samples' share of Recipe II's weight"): a config that sets one loads, warned, as the paper's Recipe II."""
     base = CONFIG_ROOT / "cmnist" / "ddb_recipe2.yaml"
-    with pytest.warns(FutureWarning, match=r"ddb\.weight_ramp' is retired"):
-        cfg = load_config(base, ["ddb.weight_ramp=1.0"])
-    assert cfg == load_config(base) and not hasattr(cfg.ddb, "weight_ramp")
+    with pytest.warns(FutureWarning, match=rf"ddb\.{key}' is retired"):
+        cfg = load_config(base, [f"ddb.{key}={value}"])
+    assert cfg == load_config(base) and not hasattr(cfg.ddb, key)
 
 
 @pytest.mark.parametrize("keep, now", [("crossfit", "all"), ("similar_crossfit", "similar"),

@@ -6,7 +6,6 @@ import torch
 from diffdebias.classifiers.weighting import (
     Batch,
     FixedBiasLossWeights,
-    FlaggedShareCap,
     GroupDRO,
     PerSampleEMA,
     SyntheticShare,
@@ -93,46 +92,6 @@ def test_lff_weights_against_hand_computation():
     plain = FixedBiasLossWeights(bias_loss, labels, ema=False, normalize=False)
     plain.loss(ld, batch([0, 1, 2, 3], [0, 0, 1, 1]))
     assert torch.allclose(plain.last_weights, bias_loss / (bias_loss + ld + 1e-8))
-
-
-def test_flagged_share_cap_scales_the_flagged_weights_to_the_share():
-    """The flagged samples' W are all scaled by one factor so their sum is ``share`` of the total; the rest, and the
-    ranking inside the flagged set, are untouched; a flagged set already below its share is left alone."""
-    flagged = torch.tensor([True, True, False, False, False, False])
-    cap = FlaggedShareCap(flagged, 0.25)
-    w = torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2, 0.2])
-    out = cap(torch.arange(6), w)
-    assert float(out[flagged].sum() / out.sum()) == pytest.approx(0.25)
-    assert torch.equal(out[~flagged], w[~flagged])
-    assert float(out[0] / out[1]) == pytest.approx(1.5)
-    # a later batch is capped against every sample's latest uncapped W, not the batch alone
-    again = cap(torch.tensor([0, 2]), torch.tensor([0.3, 0.1]))
-    assert float(again[0]) == pytest.approx(0.3 * 0.25 * 0.6 / (0.75 * 0.9))
-    light = FlaggedShareCap(flagged, 0.9)
-    assert torch.equal(light(torch.arange(6), w), w)
-    with pytest.raises(ValueError, match="share"):
-        FlaggedShareCap(flagged, 1.0)
-
-
-def test_recipe2_weights_with_a_cap_resume_exactly():
-    """The cap's buffer of uncapped W is part of the weighting's state, so a resumed run weighs as an unbroken one."""
-    labels = torch.tensor([0, 0, 1, 1])
-    flagged = torch.tensor([True, False, True, False])
-
-    def weights():
-        w = FixedBiasLossWeights(torch.tensor([2.0, 0.1, 1.5, 0.2]), labels)
-        w.difficulty.cap_flagged(flagged, 0.3)
-        return w
-
-    whole, first = weights(), weights()
-    for w in (whole, first):
-        w.loss(torch.tensor([0.5, 0.4, 0.3, 0.6]), batch([0, 1, 2, 3], [0, 0, 1, 1]))
-    resumed = weights()
-    resumed.load_state_dict(first.state_dict())
-    for w in (whole, resumed):
-        w.loss(torch.tensor([0.2, 0.1]), batch([1, 2], [0, 1]))
-    assert torch.equal(whole.last_weights, resumed.last_weights)
-    assert float(whole.last_weights[1]) < float(whole.difficulty.cap.raw[2])  # the flagged sample 2 was capped
 
 
 def test_group_dro_reweight_is_importance_weighting():

@@ -176,31 +176,6 @@ def relative_difficulty(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Ten
     return loss_b / (loss_b + loss_d + 1e-8)
 
 
-class FlaggedShareCap:
-    """Bounds the share of the total weight a flagged set of samples takes (DDB Recipe II, ``ddb.flagged_share``).
-
-    Every sample's latest uncapped W is kept; when the flagged samples' sum exceeds ``share`` of the whole, their W
-    are all scaled by the one factor that brings it back to ``share``, so the ranking inside each set is untouched.
-    The flags come from a detector, not from bias labels.
-    """
-
-    def __init__(self, flagged: torch.Tensor, share: float):
-        if not 0 < share < 1:
-            raise ValueError(f"the flagged samples' share of the weight must be in (0, 1), got {share}")
-        self.flagged = flagged.bool().cpu()
-        self.share = share
-        self.raw = torch.zeros(len(flagged))
-
-    def __call__(self, index: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        self.raw[index] = w
-        flagged_sum = float((self.raw * self.flagged).sum())
-        rest = float(self.raw.sum()) - flagged_sum
-        if flagged_sum <= 0:
-            return w
-        factor = min(1.0, self.share * rest / ((1 - self.share) * flagged_sum))
-        return torch.where(self.flagged[index], w * factor, w)
-
-
 class RelativeDifficulty:
     """LfF's W(x) from two per-sample loss EMAs (biased, target), as LfF's ``train.py`` computes it.
 
@@ -218,11 +193,6 @@ class RelativeDifficulty:
         n = len(labels)  # diagnostics only, see keep()
         self.weight, self.norm_b, self.norm_d = torch.zeros(n), torch.zeros(n), torch.zeros(n)
         self.kept = torch.zeros(n, dtype=torch.bool)
-        self.cap: FlaggedShareCap | None = None
-
-    def cap_flagged(self, flagged: torch.Tensor, share: float) -> None:
-        """From now on the ``flagged`` samples take at most ``share`` of the total weight (:class:`FlaggedShareCap`)."""
-        self.cap = FlaggedShareCap(flagged, share)
 
     def __call__(self, index: torch.Tensor, loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
         index = index.cpu()
@@ -232,8 +202,6 @@ class RelativeDifficulty:
             lb = class_max_normalize(lb, index, self.ema_b.value, self.labels)
             ld = class_max_normalize(ld, index, self.ema_d.value, self.labels)
         w = relative_difficulty(lb, ld)
-        if self.cap is not None:
-            w = self.cap(index, w)
         self.keep(index, lb, ld, w)
         return w
 
@@ -252,16 +220,13 @@ class RelativeDifficulty:
                 "loss_d_ema": self.ema_d.value, "kept": self.kept}
 
     def state_dict(self) -> dict[str, Any]:
-        cap = {} if self.cap is None else {"cap_raw": self.cap.raw}
         return {"ema_b": self.ema_b.value, "seen_b": self.ema_b.seen, "ema_d": self.ema_d.value,
-                "seen_d": self.ema_d.seen, **cap}
+                "seen_d": self.ema_d.seen}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "ema_b" in state:
             self.ema_b.value, self.ema_b.seen = state["ema_b"].float(), state["seen_b"].bool()
             self.ema_d.value, self.ema_d.seen = state["ema_d"].float(), state["seen_d"].bool()
-        if self.cap is not None and "cap_raw" in state:
-            self.cap.raw = state["cap_raw"].float()
 
 
 SAMPLE_WEIGHT_LOSSES = ("loss_b", "loss_d", "loss_b_ema", "loss_d_ema")

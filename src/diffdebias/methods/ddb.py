@@ -84,14 +84,6 @@ def recipe2_weighting(cfg: Config, loss_b: torch.Tensor, labels: torch.Tensor) -
 
 
 def recipe_weighting(ctx: Context, amp: Trained, scores: Scores, loss_b: torch.Tensor | None = None):
-    weighting = recipe_weights(ctx, amp, scores, loss_b)
-    share = ctx.cfg.ddb.flagged_share
-    if share is not None and ctx.cfg.ddb.recipe == "lff":
-        weighting.difficulty.cap_flagged(torch.from_numpy(detected(ctx, scores)), share)
-    return weighting
-
-
-def recipe_weights(ctx: Context, amp: Trained, scores: Scores, loss_b: torch.Tensor | None = None):
     cfg = ctx.cfg
     labels = ctx.data.train.labels
     if cfg.ddb.recipe == "groupdro":
@@ -117,11 +109,10 @@ def recipe_reads(ctx: Context, loss: Stage) -> Reads:
     ddb = ctx.cfg.ddb
     if ddb.recipe == "groupdro":
         return reads(loss, recipe=ddb.recipe, detection=ctx.cfg.detection, groupdro=ctx.cfg.groupdro)
-    cap = {} if ddb.flagged_share is None else {"flagged_share": ddb.flagged_share, "detection": ctx.cfg.detection}
     if ddb.bias_model != "frozen":  # the biased model trains on from the amplifier (its temperature is 1)
-        return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, bias_model=ddb.bias_model, **cap)
+        return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, bias_model=ddb.bias_model)
     t = {} if ddb.bias_temperature == 1 else {"bias_temperature": ddb.bias_temperature}
-    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t, **cap)
+    return reads(loss, recipe=ddb.recipe, lff=ctx.cfg.lff, **t)
 
 
 def amplification_stage(ctx: Context, syn: Stage) -> dict[str, Any]:
@@ -140,8 +131,7 @@ def run_ddb(ctx: Context) -> Trained:
                         what=recipe_reads(ctx, loss), valid=valid)
 
     metrics = ctx.metrics  # with what the stages recorded
-    flags_used = cfg.ddb.recipe == "groupdro" or cfg.ddb.flagged_share is not None
-    oracle = cfg.detection.rule in SUPERVISED_RULES and flags_used
+    oracle = cfg.detection.rule in SUPERVISED_RULES and cfg.ddb.recipe == "groupdro"
     metrics["supervised"] = metrics.get("supervised", False) or oracle
     if cfg.ddb.references:
         for name, model in reference_amplifiers(ctx).items():
