@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import diffdebias.pipeline
-from diffdebias.bench import collect, load_table, parse_shard, render, run_table, write_tables
+from diffdebias.bench import collect, load_table, parse_shard, parse_subset, render, run_table, write_tables
 from diffdebias.cli import main
 from diffdebias.config import ConfigError
 from diffdebias.runs import write_json
@@ -117,6 +117,29 @@ def test_shard_takes_every_nth_cell(tmp_path, monkeypatch):
     for bad in ("3/3", "a/b", "1"):
         with pytest.raises(ConfigError):
             parse_shard(bad)
+
+
+def test_a_subset_of_methods_ratios_and_seeds_runs_only_those_cells(tmp_path, monkeypatch):
+    """``--methods/--ratios/--seeds`` pick cells of the table (in matrix order, in the table's run folders); a value
+    the table does not have is an error naming what it has; shards split the subset."""
+    table = make_table(tmp_path)
+    calls = []
+    monkeypatch.setattr(diffdebias.pipeline, "execute", lambda cfg, out, quiet, stage_cache: calls.append(
+        (cfg.method, cfg.data.conflict_ratio, cfg.seed, out)))
+    subset = parse_subset(table, methods="lff", seeds="3, 2")
+    run_table(table, log=lambda m: None, subset=subset)
+    assert [(m, r, s) for m, r, s, _ in calls] == [("lff", 0.01, 2), ("lff", 0.01, 3), ("lff", 0.05, 2),
+                                                   ("lff", 0.05, 3)]
+    assert calls[0][3] == table.run_dir("lff", 0.01, 2)
+    calls.clear()
+    run_table(table, (1, 2), log=lambda m: None, subset=parse_subset(table, ratios="0.05", seeds="1"))
+    assert [(m, r, s) for m, r, s, _ in calls] == [("lff", 0.05, 1)]
+    assert parse_subset(table) is None
+    for kwargs, message in (({"methods": "jtt"}, "--methods jtt: table .* has erm, lff"),
+                            ({"ratios": "0.02"}, "--ratios 0.02: table .* has 0.01, 0.05"),
+                            ({"seeds": "x"}, "--seeds must be a comma-separated list")):
+        with pytest.raises(ConfigError, match=message):
+            parse_subset(table, **kwargs)
 
 
 def test_killed_matrix_restarts_and_skips_finished_cells(tmp_path, fake_mnist, monkeypatch):

@@ -120,12 +120,39 @@ def cell_config(table: Table, method: str, ratio: float, seed: int) -> Config:
     return load_config(table.root / table.methods[method], overrides, seed=seed)
 
 
-def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print) -> None:
-    """Run this shard's cells in matrix order; every cell's finished stages are skipped."""
+def parse_subset(table: Table, methods: str | None = None, ratios: str | None = None,
+                 seeds: str | None = None) -> set[tuple[str, float, int]] | None:
+    """The cells a ``--methods a,b --ratios 0.01 --seeds 2,3`` subset names (None: the whole matrix). Each value must
+    be one of the table's, so a partial run is always a part of the table, in its run folders and its stage cache."""
+    if methods is None and ratios is None and seeds is None:
+        return None
+
+    def pick(flag: str, text: str | None, known: list, parse) -> list:
+        if text is None:
+            return known
+        try:
+            wanted = [parse(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as e:
+            raise ConfigError(f"{flag} must be a comma-separated list, got '{text}'") from e
+        unknown = [v for v in wanted if v not in known]
+        if unknown or not wanted:
+            has = ", ".join(f"{k:g}" if isinstance(k, float) else str(k) for k in known)
+            raise ConfigError(f"{flag} {text}: table {table.name} has {has}")
+        return wanted
+
+    keep = (pick("--methods", methods, list(table.methods), str), pick("--ratios", ratios, table.ratios, float),
+            pick("--seeds", seeds, table.seeds, int))
+    return {(m, r, s) for m in keep[0] for r in keep[1] for s in keep[2]}
+
+
+def run_table(table: Table, shard: tuple[int, int] = (0, 1), log=print,
+              subset: set[tuple[str, float, int]] | None = None) -> None:
+    """Run this shard's cells in matrix order, only those of ``subset`` where given (:func:`parse_subset`); every
+    cell's finished stages are skipped."""
     from .pipeline import execute
 
     i, n = shard
-    cells = table.cells()[i::n]
+    cells = [c for c in table.cells() if subset is None or c in subset][i::n]
     for k, (method, ratio, seed) in enumerate(cells):
         cfg = cell_config(table, method, ratio, seed)
         out = table.run_dir(method, ratio, seed)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shard", help="run only cells i, i+n, i+2n, ... of the matrix, given as i/n, or auto: from "
                        "a Slurm job array (SLURM_ARRAY_TASK_ID/COUNT) or a launcher (RANK/WORLD_SIZE)")
     bench.add_argument("--collect-only", action="store_true", help="only collect finished runs into tables")
+    for flag, what in (("methods", "method labels"), ("ratios", "conflict ratios"), ("seeds", "seeds")):
+        bench.add_argument(f"--{flag}", help=f"run only these {what} of the table, comma-separated (the tables "
+                           "written still collect every finished cell)")
 
     board = sub.add_parser("scoreboard", parents=[debug],
                            help="collect the rows of a scoreboard spec from their tables' run folders into the "
@@ -116,15 +119,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(run_dir / "report.md")
         return 0
     if args.command == "bench":
-        from .bench import auto_shard, load_table, parse_shard, run_table, write_tables
+        from .bench import auto_shard, load_table, parse_shard, parse_subset, run_table, write_tables
 
         table = load_table(args.table)
         shard = parse_shard(args.shard)
+        subset = parse_subset(table, args.methods, args.ratios, args.seeds)
         if args.shard == "auto" and auto_shard(os.environ)[1]:  # a launcher's processes: each runs its own cells
             leave_launch()
         if not args.collect_only:
             fair_threads(log=print if is_main() else None)
-            run_table(table, shard, log=print if is_main() else lambda msg: None)
+            run_table(table, shard, log=print if is_main() else lambda msg: None, subset=subset)
         if is_main():
             print(write_tables(table))
         return 0
