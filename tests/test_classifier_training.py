@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from diffdebias.classifiers import train as train_module
 from diffdebias.classifiers.losses import cross_entropy, gce
 from diffdebias.classifiers.models import build_classifier
 from diffdebias.classifiers.train import augment, train_classifier
@@ -111,6 +112,34 @@ def test_same_seed_same_numbers(tmp_path):
         run.cached("clf", lambda s: outs.append(train_classifier(s, data, cfg, 3)))
     assert all(torch.equal(a, b) for a, b in zip(outs[0].parameters(), outs[1].parameters()))
     assert not math.isnan(float(next(outs[0].parameters()).detach().sum()))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_sets_every_steps_learning_rate(tmp_path, monkeypatch, schedule):
+    seen = []
+    real = train_module.make_optimizer
+
+    def recording(model, cfg):
+        optimizer = real(model, cfg)
+        step = optimizer.step
+
+        def recorded(*args, **kwargs):
+            seen.append(optimizer.param_groups[0]["lr"])
+            return step(*args, **kwargs)
+
+        optimizer.step = recorded
+        return optimizer
+
+    monkeypatch.setattr(train_module, "make_optimizer", recording)
+    cfg = TrainConfig(epochs=3, batch_size=50, lr=1e-2, select="last", lr_schedule=schedule)
+    Run(tmp_path, seed=0, quiet=True).cached("clf", lambda s: train_classifier(s, toy_set(), cfg, 3))
+    steps = 3 * 4  # 200 images in batches of 50
+    if schedule == "constant":
+        expected = [1e-2] * steps
+    else:  # a half cosine over the steps: full lr at the first, near 0 at the last
+        expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * i / steps)) for i in range(steps)]
+    assert seen == pytest.approx(expected)
+    assert schedule == "constant" or seen[-1] < 2e-4
 
 
 def test_select_valid_needs_valid(tmp_path):

@@ -27,6 +27,7 @@ from .fields import added, execution, side
 METHOD_NAMES = ("ddb", "diffinject", "disent", "disent_be", "erm", "gdro", "jtt", "lff", "lff_be")  # methods.METHODS
 ARCHS = ("mlp", "mlp16", "resnet18", "resnet50", "resnet18_cifar", "resnet20", "resnet8")  # classifiers.models.ARCHS
 DETECTION_RULES = ("error_set", "quantile", "threshold", "mixture", "otsu", "oracle")  # methods.detection.RULES
+LR_SCHEDULES = ("constant", "cosine")  # classifiers.train.lr_schedule_factor
 DETECTION_SOURCES = ("own", "ddb")  # detection.source: the method's own detection | DDB as the plug-in detector
 VALID_GROUPS = ("errors", "true")  # methods.parts.VALID_GROUPS
 VALID_BIAS_ORDERS = ("shuffled", "dataset")  # data.cmnist.VALID_BIAS_ORDERS
@@ -90,6 +91,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
+    lr_schedule: str = added("constant")  # constant (every paper's CPU-scale recipe) | cosine (a variant: lr decays
+    #   to 0 over the training by a half cosine, read per step, so the last epoch is a settled model rather than one
+    #   draw of a still-moving one; given to every row of a table that uses it; docs/notebook.md, "A cosine end for
+    #   every row")
     loss: str = "ce"  # ce | gce
     gce_q: float = 0.7
     ensemble: int = added(1)  # copies trained on the same data, each its own stage (NAME, NAME_m1, ...) differing
@@ -114,6 +119,7 @@ class TrainConfig:
         choice(f"{name}.loss", self.loss, ("ce", "gce"))
         choice(f"{name}.select", self.select, ("valid", "last"))
         choice(f"{name}.precision", self.precision, ("fp32", "bf16", "auto"))
+        choice(f"{name}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for key in ("epochs", "batch_size", "ensemble", "eval_every"):
             count(f"{name}.{key}", getattr(self, key))
         positive(f"{name}.lr", self.lr)
@@ -462,6 +468,7 @@ _TRAIN: dict[str, tuple[str, str]] = {  # TrainConfig, both as classifier and am
     "lr": ("released", "LfF: 1e-3"),
     "weight_decay": ("released", f"LfF: 0 ({_NB}\"Weight decay in the final classifier\")"),
     "momentum": ("open", "our choice: the usual 0.9 (sgd only)"),
+    "lr_schedule": ("variant", f"constant (LfF's); cosine: {_NB}\"A cosine end for every row\""),
     "loss": ("paper", "cross-entropy (ERM)"),
     "gce_q": ("paper", "GCE's q = 0.7, as LfF"),
     "ensemble": ("variant", f"one model; {_NB}\"Averaging final classifiers\""),

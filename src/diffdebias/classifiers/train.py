@@ -102,6 +102,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 ModelFactory = Callable[[TrainConfig, int, tuple[int, int, int]], nn.Module]
 
 
+def lr_schedule_factor(schedule: str, progress: float) -> float:
+    """Multiplier of the configured learning rate at ``progress`` in [0, 1) of the training (``lr_schedule``):
+    constant 1, or a half cosine from 1 towards 0, so the last epoch is taken from a settled model."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {schedule!r} (constant | cosine)")
+
+
 def default_factory(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
     return build_classifier(cfg.arch, num_classes, image_shape, cfg.pretrained, cfg.input_scale)
 
@@ -205,7 +215,9 @@ def train_classifier(
                          f"lower the learning rate (lr={cfg.lr:g}, optimizer {cfg.optimizer})")
             optimizer.zero_grad(set_to_none=True)
             (loss * procs).backward()  # DDP averages over the processes, each holding its part's gradient
-            lr = cfg.lr * weighting.lr_factor(step)  # a method's schedule (DisEnt's StepLR); 1 by default
+            progress = (epoch + start / len(order)) / cfg.epochs
+            # a method's schedule (DisEnt's StepLR; 1 by default) times the configured one (constant by default)
+            lr = cfg.lr * weighting.lr_factor(step) * lr_schedule_factor(cfg.lr_schedule, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.step()
