@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from diffdebias import settings_doc
-from diffdebias.config import PROVENANCE, PROVENANCES, SECTIONS, Config
+from diffdebias.config import PROVENANCE, PROVENANCES, RETIRED, SECTIONS, Config
 from diffdebias.fields import execution_keys
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
@@ -27,6 +27,13 @@ def _field_names(cfg: Config) -> set[str]:
 def test_every_field_has_a_provenance():
     missing = _field_names(Config()) - set(PROVENANCE)
     assert not missing, f"fields without a provenance in config.PROVENANCE: {sorted(missing)}"
+
+
+def test_no_live_field_has_a_retired_name():
+    """A field added under a retired key's name could never be set: loading warns that the key is retired and drops
+    the value. A knob measured again needs a new name (and its notebook section), not the old one back."""
+    revived = _field_names(Config()) & set(RETIRED)
+    assert not revived, f"fields named like retired keys (config.RETIRED): {sorted(revived)}"
 
 
 def test_provenance_names_only_existing_fields():
