@@ -468,7 +468,7 @@ _TRAIN: dict[str, tuple[str, str]] = {  # TrainConfig, both as classifier and am
     "lr": ("released", "LfF: 1e-3"),
     "weight_decay": ("released", f"LfF: 0 ({_NB}\"Weight decay in the final classifier\")"),
     "momentum": ("open", "our choice: the usual 0.9 (sgd only)"),
-    "lr_schedule": ("variant", f"constant (LfF's); cosine: {_NB}\"A cosine end for every row\""),
+    "lr_schedule": ("released", f"constant: LfF's fixed rate (cosine, a variant: {_NB}\"A cosine end for every row\")"),
     "loss": ("paper", "cross-entropy (ERM)"),
     "gce_q": ("paper", "GCE's q = 0.7, as LfF"),
     "ensemble": ("variant", f"one model; {_NB}\"Averaging final classifiers\""),
