@@ -113,7 +113,7 @@ def test_training_is_unchanged_by_the_record_and_no_record_without_bias_labels(k
         assert a["train_loss"] == b["train_loss"] and a["train_accuracy"] == b["train_accuracy"]
 
 
-def test_section_draws_the_figure_and_states_the_last_ratio(tmp_path):
+def test_section_draws_the_figure_and_states_the_last_ratio(tmp_path, monkeypatch):
     def rec(epoch, a, c):
         groups = {g: {f"{g}_{k}": v * (0.5 if k == "p10" else 2 if k == "p90" else 1) for k in STATS}
                   for g, v in (("aligned", a), ("conflicting", c))}
@@ -132,6 +132,17 @@ def test_section_draws_the_figure_and_states_the_last_ratio(tmp_path):
     text = "\n".join(sample_weights_section(ranked, path))
     assert "AUROC of W for the conflicting samples 0.6100 (first epoch recorded) -> 0.9300 (last)" in text
     assert "of the biased model's loss 0.7000 -> 0.8750" in text
+    assert "fixed detectors" not in text
+    import matplotlib.pyplot as plt
+    drawn = []
+    monkeypatch.setattr("diffdebias.evaluation.report.save_figure", lambda fig, path: drawn.append(fig))
+    text = "\n".join(sample_weights_section(ranked, path, {"amplifier": 0.8, "gce_real reference": 0.9}))
+    assert ("The biased model's loss against fixed detectors: amplifier (0.8000): reached from epoch 2; "
+            "gce_real reference (0.9000): never reached.") in text
+    panel = drawn[-1].axes[2]  # the third panel: AUROC per epoch, with one line per fixed detector
+    assert [list(line.get_ydata()) for line in panel.lines[:2]] == [[0.7, 0.875], [0.61, 0.93]]
+    assert [line.get_ydata()[0] for line in panel.lines[2:]] == [0.8, 0.9]
+    plt.close("all")
     # a run resumed across the version that added the record: its first epochs lack it
     del ranked[0]["sample_weights"]["auroc"], ranked[0]["sample_weights"]["auroc_loss_b"]
     text = "\n".join(sample_weights_section(ranked, path))

@@ -79,10 +79,15 @@ def curves_figure(history: list[dict[str, Any]], path: Path, title: str) -> bool
     return True
 
 
-def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[str]:
+def sample_weights_section(history: list[dict[str, Any]], path: Path,
+                           detectors: dict[str, float] | None = None) -> list[str]:
     """Report lines and figure for an LfF-style weighting's per-epoch ``sample_weights`` record (training history):
     mean W of the bias-aligned and bias-conflicting training samples, their 10-90th percentile band, and the ratio
-    of the means; nothing when the history has no such record (another method, or no bias labels)."""
+    of the means; nothing when the history has no such record (another method, or no bias labels).
+
+    Where the record ranks the conflicting samples (``auroc``), a third panel draws that AUROC per epoch, for W and
+    for the biased model's loss, beside ``detectors`` (name: AUROC of a fixed detector, e.g. DDB's amplifier), so a
+    reader sees whether the biased model that trains beside the target already detects as well as they do."""
     rows = [h for h in history if "ratio" in h.get("sample_weights", {})]
     if not rows:
         return []
@@ -94,7 +99,10 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[st
 
     epochs = [h["epoch"] + 1 for h in rows]
     sw = [h["sample_weights"] for h in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ranked = [(e, s) for e, s in zip(epochs, sw) if "auroc" in s]
+    detectors = detectors or {}
+    fig, axes = plt.subplots(1, 3 if ranked else 2, figsize=(15 if ranked else 10, 3.6))
+    a, b = axes[0], axes[1]
     for group in ("aligned", "conflicting"):
         line = a.plot(epochs, [s[f"{group}_mean"] for s in sw], marker=".", label=f"{group} (mean)")[0]
         a.fill_between(epochs, [s[f"{group}_p10"] for s in sw], [s[f"{group}_p90"] for s in sw],
@@ -113,6 +121,8 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[st
         low, high = ax.get_ylim()
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _, narrow=high < 10 * low: f"{v:.2g}" if narrow else ""))
+    if ranked:
+        _detection_panel(axes[2], ranked, detectors)
     fig.suptitle("LfF-style sample weights on the training set (true bias groups)")
     fig.tight_layout()
     save_figure(fig, path)
@@ -122,7 +132,8 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path) -> list[st
             f"{s['aligned_mean']:.4g} = **{s['ratio']:.3g}x** effective upweighting. Class-max normalised losses "
             f"that form W: L_b (biased model or amplifier) conflicting {s['conflicting_loss_b']:.3g}, aligned "
             f"{s['aligned_loss_b']:.3g}; L_d (target) conflicting {s['conflicting_loss_d']:.3g}, aligned "
-            f"{s['aligned_loss_d']:.3g}.{_ranking(sw)} The training never reads the bias labels: they only split "
+            f"{s['aligned_loss_d']:.3g}.{_ranking(sw)}{_against(ranked, detectors)} The training never reads the bias "
+            "labels: they only split "
             "this record.", "",
             f"![sample weights](figures/{path.name})", ""]
 
@@ -137,6 +148,29 @@ def _ranking(sw: list[dict[str, Any]]) -> str:
     return (f" AUROC of W for the conflicting samples {first['auroc']:.4f} (first epoch recorded) -> "
             f"{last['auroc']:.4f} (last); of the biased model's loss {first['auroc_loss_b']:.4f} -> "
             f"{last['auroc_loss_b']:.4f}.")
+
+
+def _detection_panel(ax, ranked: list[tuple[int, dict[str, Any]]], detectors: dict[str, float]) -> None:
+    epochs = [e for e, _ in ranked]
+    ax.plot(epochs, [s["auroc_loss_b"] for _, s in ranked], marker=".", label="biased model's loss")
+    ax.plot(epochs, [s["auroc"] for _, s in ranked], marker=".", label="W")
+    for (name, value), style in zip(detectors.items(), (":", "--", "-.", (0, (1, 3)))):
+        ax.axhline(value, color="grey", linestyle=style, label=f"{name} ({value:.3f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("AUROC for the conflicting samples")
+    ax.legend(fontsize=8)
+
+
+def _against(ranked: list[tuple[int, dict[str, Any]]], detectors: dict[str, float]) -> str:
+    """Per fixed detector: the first epoch from which the biased model's loss ranks the conflicting samples at least as
+    well, or that it never does."""
+    if not ranked or not detectors:
+        return ""
+    said = []
+    for name, value in detectors.items():
+        first = next((epoch for epoch, s in ranked if s["auroc_loss_b"] >= value), None)
+        said.append(f"{name} ({value:.4f}): " + (f"reached from epoch {first}" if first else "never reached"))
+    return " The biased model's loss against fixed detectors: " + "; ".join(said) + "."
 
 
 def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
@@ -160,6 +194,18 @@ def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
     fig.colorbar(im, ax=ax, fraction=0.046)
     save_figure(fig, path)
     return True
+
+
+def fixed_detectors(metrics: dict[str, Any]) -> dict[str, float]:
+    """AUROC of the detectors a run scored before its classifier trained: DDB's amplifier and its real-data
+    references (``detection`` / ``detection_references`` in metrics.json)."""
+    found = {}
+    if "auroc" in metrics.get("detection", {}):
+        found["amplifier"] = metrics["detection"]["auroc"]
+    for name, det in metrics.get("detection_references", {}).items():
+        if "auroc" in det:
+            found[f"{name} reference"] = det["auroc"]
+    return found
 
 
 def write_report(run_dir: str | Path, sections: list[str] = ()) -> Path:
@@ -201,7 +247,7 @@ def write_report(run_dir: str | Path, sections: list[str] = ()) -> Path:
     history = read_json(history_file) if final and history_file.exists() else []
     if curves_figure(history, figures / "curves.png", f"{final} training"):
         out += ["## Training curves", "", "![training curves](figures/curves.png)", ""]
-    out += sample_weights_section(history, figures / "sample_weights.png")
+    out += sample_weights_section(history, figures / "sample_weights.png", fixed_detectors(metrics))
     if groups_figure(metrics, figures / "groups.png"):
         out += ["## Accuracy per (label, bias) cell", "", "![group accuracy](figures/groups.png)", ""]
     seconds = metrics.get("stage_seconds", {})
