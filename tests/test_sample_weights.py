@@ -162,3 +162,13 @@ def test_lff_run_report_shows_the_sample_weights(tmp_path, fake_mnist, monkeypat
     report = (out / "report.md").read_text()
     ratio = history[-1]["sample_weights"]["ratio"]
     assert "## Sample weights W per true bias group" in report and f"**{ratio:.3g}x**" in report
+
+
+def test_fixed_detectors_read_from_metrics():
+    from diffdebias.evaluation.report import fixed_detectors
+
+    metrics = {"detection": {"auroc": 0.94, "precision": 0.4}, "be_pseudo_conflicting": {"auroc": 0.99},
+               "detection_references": {"gce_real": {"auroc": 0.95}, "erm_real": {"size": 3}}, "test": {"auroc": 0.5}}
+    assert fixed_detectors(metrics) == {"amplifier": 0.94, "committee": 0.99, "gce_real reference": 0.95}
+    assert fixed_detectors({"ddb_detection": {"auroc": 0.9}}) == {"amplifier": 0.9}  # DDB plugged into another method
+    assert fixed_detectors({"detection": "none", "method": "lff"}) == {}

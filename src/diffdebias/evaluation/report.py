@@ -133,8 +133,7 @@ def sample_weights_section(history: list[dict[str, Any]], path: Path,
             f"that form W: L_b (biased model or amplifier) conflicting {s['conflicting_loss_b']:.3g}, aligned "
             f"{s['aligned_loss_b']:.3g}; L_d (target) conflicting {s['conflicting_loss_d']:.3g}, aligned "
             f"{s['aligned_loss_d']:.3g}.{_ranking(sw)}{_against(ranked, detectors)} The training never reads the bias "
-            "labels: they only split "
-            "this record.", "",
+            "labels: they only split this record.", "",
             f"![sample weights](figures/{path.name})", ""]
 
 
@@ -196,12 +195,16 @@ def groups_figure(metrics: dict[str, Any], path: Path) -> bool:
     return True
 
 
+FIXED_DETECTORS = {"detection": "amplifier", "ddb_detection": "amplifier", "be_pseudo_conflicting": "committee"}
+
+
 def fixed_detectors(metrics: dict[str, Any]) -> dict[str, float]:
-    """AUROC of the detectors a run scored before its classifier trained: DDB's amplifier and its real-data
-    references (``detection`` / ``detection_references`` in metrics.json)."""
+    """AUROC of the detectors a run scored before its classifier trained: DDB's amplifier (its own run's, or the one
+    plugged into another method), LfF+BE's committee, and DDB's real-data references (metrics.json)."""
     found = {}
-    if "auroc" in metrics.get("detection", {}):
-        found["amplifier"] = metrics["detection"]["auroc"]
+    for key, name in FIXED_DETECTORS.items():
+        if isinstance(metrics.get(key), dict) and "auroc" in metrics[key]:
+            found[name] = metrics[key]["auroc"]
     for name, det in metrics.get("detection_references", {}).items():
         if "auroc" in det:
             found[f"{name} reference"] = det["auroc"]
