@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         colours = {}
         for run, (epochs, auc, fixed) in races.items():
             method = run.parent.name
+            first = method not in colours  # one legend entry per method
             colour = colours.setdefault(method, f"C{len(colours)}")
-            first = sum(r.parent.name == method for r in list(races)[: list(races).index(run) + 1]) == 1
             ax.plot(epochs, auc, color=colour, marker=".", label=f"{method}: biased model's loss" if first else None)
             if "amplifier" in fixed:
                 ax.axhline(fixed["amplifier"], color=colour, linestyle=":", linewidth=1,
